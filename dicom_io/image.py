@@ -1,0 +1,163 @@
+"""Load a radiograph (DICOM object or PNG) into a :class:`SourceImage` the model can read."""
+
+from __future__ import annotations
+
+import io
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import BinaryIO
+
+import numpy as np
+import pydicom
+from pydicom.dataset import Dataset
+
+from dicom_io.errors import DicomIOError, InvalidInputError
+from dicom_io.gate import check_acceptable, check_pixel_header
+from dicom_io.pixels import display_pixels
+
+logger = logging.getLogger(__name__)
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+@dataclass
+class SourceImage:
+    """A display-ready radiograph and where it came from.
+
+    ``pixels`` is MONOCHROME2 (white = dense) with values in ``0..maxval``: ``uint16`` with
+    ``maxval`` 65535 for DICOM and 16-bit PNG, ``uint8`` with 255 for 8-bit PNG. ``header`` is
+    the source dataset without its pixel data (``None`` for PNG).
+    """
+
+    name: str
+    pixels: np.ndarray
+    maxval: int
+    header: Dataset | None = None
+    steps: list[str] = field(default_factory=list)
+
+    @property
+    def rows(self) -> int:
+        return int(self.pixels.shape[0])
+
+    @property
+    def columns(self) -> int:
+        return int(self.pixels.shape[1])
+
+    def _uid(self, keyword: str) -> str | None:
+        if self.header is None or keyword not in self.header:
+            return None
+        return str(self.header[keyword].value)
+
+    @property
+    def study_uid(self) -> str | None:
+        return self._uid("StudyInstanceUID")
+
+    @property
+    def series_uid(self) -> str | None:
+        return self._uid("SeriesInstanceUID")
+
+    @property
+    def sop_uid(self) -> str | None:
+        return self._uid("SOPInstanceUID")
+
+    @property
+    def sop_class_uid(self) -> str | None:
+        return self._uid("SOPClassUID")
+
+    @property
+    def key(self) -> str:
+        """Identifier of the image in results: its SOP Instance UID, or the PNG's file stem."""
+        return self.sop_uid or Path(self.name).stem
+
+    @property
+    def pixel_spacing(self) -> tuple[float, float] | None:
+        """Row and column spacing in mm (Pixel Spacing, else Imager Pixel Spacing), if valid."""
+        if self.header is None:
+            return None
+        for keyword in ("PixelSpacing", "ImagerPixelSpacing"):
+            value = self.header.get(keyword)
+            try:
+                spacing = (float(value[0]), float(value[1]))
+            except (TypeError, ValueError, IndexError):
+                continue
+            if spacing[0] > 0 and spacing[1] > 0:
+                return spacing
+        return None
+
+    def source_uids(self) -> dict[str, str | None]:
+        return {
+            "study_instance_uid": self.study_uid,
+            "series_instance_uid": self.series_uid,
+            "sop_instance_uid": self.sop_uid,
+            "sop_class_uid": self.sop_class_uid,
+        }
+
+
+def read_dataset(source: str | Path | bytes | BinaryIO) -> Dataset:
+    """Parse a DICOM Part 10 file (or a bare dataset) from a path, bytes or a binary file."""
+    if isinstance(source, bytes | bytearray):
+        source = io.BytesIO(source)
+    try:
+        ds = pydicom.dcmread(source, force=True)
+    except Exception as e:
+        raise InvalidInputError("not-dicom", f"not a readable DICOM object: {e}") from e
+    if "SOPClassUID" not in ds and "PixelData" not in ds:
+        raise InvalidInputError("not-dicom", "no DICOM data elements found")
+    return ds
+
+
+def from_dataset(ds: Dataset, name: str = "dataset") -> SourceImage:
+    """Gate and decode a dataset (as read from a file or received over the network).
+
+    Raises:
+        DeclinedError: valid object the model must not see (see :mod:`dicom_io.gate`).
+        InvalidInputError: the header lies about its pixel data, or decoding fails.
+    """
+    check_acceptable(ds)
+    check_pixel_header(ds)
+    display = display_pixels(ds)
+    header = Dataset()
+    header.update({elem.tag: elem for elem in ds if elem.tag != 0x7FE00010})
+    header.file_meta = getattr(ds, "file_meta", Dataset())
+    return SourceImage(name, display.array, display.maxval, header, display.steps)
+
+
+def load_png(path: str | Path) -> SourceImage:
+    """Load an 8- or 16-bit grayscale PNG as training did (``skimage.io.imread``, channel 0)."""
+    import skimage.io
+
+    try:
+        arr = skimage.io.imread(str(path))
+    except Exception as e:
+        raise InvalidInputError("not-png", f"PNG not readable: {e}") from e
+    if arr.ndim == 3:
+        arr = arr[:, :, 0]
+    if arr.dtype == np.uint8:
+        maxval = 255
+    elif arr.dtype == np.uint16:
+        maxval = 65535
+    else:
+        raise InvalidInputError("png-depth", f"PNG sample type {arr.dtype}; need 8 or 16 bit")
+    if arr.ndim != 2 or min(arr.shape) < 32:
+        raise InvalidInputError("dimensions", f"PNG shape {arr.shape}")
+    return SourceImage(Path(path).name, np.ascontiguousarray(arr), maxval, None, ["PNG as stored"])
+
+
+def load(path: str | Path) -> SourceImage:
+    """Load a file by content: PNG by its signature, anything else as DICOM."""
+    path = Path(path)
+    try:
+        with path.open("rb") as f:
+            head = f.read(8)
+    except OSError as e:
+        raise InvalidInputError("unreadable", f"cannot read file: {e.strerror}") from e
+    if head == PNG_SIGNATURE:
+        return load_png(path)
+    ds = read_dataset(path)
+    try:
+        return from_dataset(ds, path.name)
+    except DicomIOError:
+        raise
+    except Exception as e:  # pydicom raises many types for corrupt headers
+        raise InvalidInputError("corrupt", f"{type(e).__name__}: {e}") from e

@@ -1,0 +1,127 @@
+"""Pixels of a radiograph as a person sees them, in a fixed 16-bit range.
+
+:func:`display_pixels` is the one place where stored pixel values become what the model reads.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+
+import numpy as np
+from pydicom.dataset import Dataset
+from pydicom.pixels import apply_modality_lut, apply_voi_lut
+
+from dicom_io.errors import InvalidInputError
+
+logger = logging.getLogger(__name__)
+
+#: Full-scale value of the 16-bit display image (the PadChest PNGs' maximum).
+DISPLAY_MAX = 65535
+
+
+@dataclass
+class DisplayPixels:
+    """A MONOCHROME2 (white = dense) image scaled to ``0..DISPLAY_MAX`` and how it was made."""
+
+    array: np.ndarray  # uint16, (rows, columns)
+    steps: list[str] = field(default_factory=list)
+
+    @property
+    def maxval(self) -> int:
+        return DISPLAY_MAX
+
+
+def _window_range(ds: Dataset) -> tuple[float, float]:
+    """Output range of pydicom's windowing for ``ds`` (mirrors ``apply_windowing``)."""
+    bits = int(ds.BitsStored)
+    if ds.get("ModalityLUTSequence"):
+        y_min, y_max = 0.0, float(2 ** int(ds.ModalityLUTSequence[0].LUTDescriptor[2]) - 1)
+    elif ds.get("PixelRepresentation", 0) == 0:
+        y_min, y_max = 0.0, float(2**bits - 1)
+    else:
+        y_min, y_max = float(-(2 ** (bits - 1))), float(2 ** (bits - 1) - 1)
+    slope, intercept = ds.get("RescaleSlope"), ds.get("RescaleIntercept")
+    if slope is not None and intercept is not None:
+        y_min = y_min * float(slope) + float(intercept)
+        y_max = y_max * float(slope) + float(intercept)
+    return min(y_min, y_max), max(y_min, y_max)
+
+
+def _voi(arr: np.ndarray, ds: Dataset, steps: list[str]) -> tuple[np.ndarray, float, float]:
+    """Apply the first VOI transform of ``ds``; return the values and their output range."""
+    if ds.get("VOILUTSequence"):
+        try:
+            item = ds.VOILUTSequence[0]
+            out = apply_voi_lut(arr, ds, index=0, prefer_lut=True)
+            bits = int(item.LUTDescriptor[2])
+            steps.append(f"VOI LUT sequence item 1 ({bits}-bit)")
+            return out, 0.0, float(2**bits - 1)
+        except Exception as e:  # a broken LUT is a header lie; fall back to the full range
+            logger.warning("VOI LUT sequence unusable (%s); using the full pixel range", e)
+    if "WindowCenter" in ds and "WindowWidth" in ds:
+        try:
+            out = apply_voi_lut(arr, ds, index=0, prefer_lut=False)
+            lo, hi = _window_range(ds)
+            center = ds["WindowCenter"].value
+            center = center[0] if ds["WindowCenter"].VM > 1 else center
+            width = ds["WindowWidth"].value
+            width = width[0] if ds["WindowWidth"].VM > 1 else width
+            function = str(ds.get("VOILUTFunction", "LINEAR"))
+            steps.append(f"window centre {center} width {width} ({function}, first of "
+                         f"{ds['WindowCenter'].VM})")
+            return out, lo, hi
+        except Exception as e:
+            logger.warning("window unusable (%s); using the full pixel range", e)
+    lo, hi = float(arr.min()), float(arr.max())
+    steps.append("no usable VOI: full pixel range (min to max)")
+    return arr, lo, hi
+
+
+def display_pixels(ds: Dataset) -> DisplayPixels:
+    """Decode ``ds`` and return its display image as ``uint16`` MONOCHROME2 in ``0..65535``.
+
+    Steps, in this order (PS3.4 N.2 grayscale pipeline, as pydicom implements it):
+
+    1. ``ds.pixel_array`` (decompresses; honours BitsStored and PixelRepresentation);
+    2. :func:`pydicom.pixels.apply_modality_lut` (Rescale Slope/Intercept or Modality LUT);
+    3. :func:`pydicom.pixels.apply_voi_lut` with the *first* VOI LUT Sequence item, else the
+       *first* window (centre/width, LINEAR / LINEAR_EXACT / SIGMOID); with neither, or a
+       broken one, the image's own min..max;
+    4. linear scaling of the VOI output range to ``0..65535``, clipping values outside it;
+    5. inversion when Photometric Interpretation is MONOCHROME1 or Presentation LUT Shape is
+       INVERSE (PS3.3 C.8.11.6.1.2: for MONOCHROME1 the two mean the same single inversion).
+
+    A Presentation LUT Sequence is not applied (radiograph IODs do not use it).
+
+    Raises:
+        InvalidInputError: the pixel data cannot be decoded, or the image is blank.
+    """
+    steps: list[str] = []
+    try:
+        stored = ds.pixel_array
+    except Exception as e:
+        ts = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
+        name = ts.name if ts is not None else "unknown transfer syntax"
+        raise InvalidInputError("decode-failed", f"pixel data not decodable ({name}): {e}") from e
+    if stored.ndim != 2:
+        raise InvalidInputError("dimensions", f"decoded pixel array has shape {stored.shape}")
+    arr = apply_modality_lut(stored, ds)
+    if ds.get("ModalityLUTSequence"):
+        steps.append("modality LUT sequence")
+    elif "RescaleSlope" in ds or "RescaleIntercept" in ds:
+        steps.append(f"rescale slope {ds.get('RescaleSlope', 1)} intercept "
+                     f"{ds.get('RescaleIntercept', 0)}")
+    arr, lo, hi = _voi(arr, ds, steps)
+    if not hi > lo:
+        arr, lo, hi = arr, float(arr.min()), float(arr.max())
+    if not hi > lo:
+        raise InvalidInputError("blank-image", "every pixel has the same value")
+    scaled = (np.asarray(arr, dtype=np.float64) - lo) * (DISPLAY_MAX / (hi - lo))
+    np.clip(scaled, 0, DISPLAY_MAX, out=scaled)
+    photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2")).strip().upper()
+    shape = str(ds.get("PresentationLUTShape", "")).strip().upper()
+    if photometric == "MONOCHROME1" or shape == "INVERSE":
+        scaled = DISPLAY_MAX - scaled
+        steps.append(f"inverted ({photometric}, Presentation LUT Shape {shape or 'absent'})")
+    return DisplayPixels(np.rint(scaled).astype(np.uint16), steps)

@@ -1,0 +1,99 @@
+"""Preprocessing exactly as torchxrayvision training did it, and its inverse for heat maps.
+
+Training (torchxrayvision datasets, e.g. PadChest 16-bit PNGs) did, per image:
+``xrv.datasets.normalize(img, maxval, reshape=True)`` (scale to [-1024, 1024], add channel),
+``XRayCenterCrop()`` (square crop of the short side, centred), ``XRayResizer(224)``
+(``skimage.transform.resize``, anti-aliased). :func:`pre_process` calls those same functions.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torchxrayvision as xrv
+
+from inference.card import Preprocessing
+
+
+@dataclass(frozen=True)
+class Geometry:
+    """How a source image (rows x columns) maps onto the model's size x size input.
+
+    The centre crop keeps source rows ``top..top+side`` and columns ``left..left+side``;
+    that square is resized to ``size`` x ``size``.
+    """
+
+    rows: int
+    columns: int
+    top: int
+    left: int
+    side: int
+    size: int
+
+    @classmethod
+    def for_source(cls, rows: int, columns: int, size: int) -> Geometry:
+        side = min(rows, columns)
+        # XRayCenterCrop: start = dim // 2 - side // 2
+        return cls(rows, columns, rows // 2 - side // 2, columns // 2 - side // 2, side, size)
+
+    @property
+    def scale(self) -> float:
+        """Source pixels per model pixel."""
+        return self.side / self.size
+
+    def model_to_source(self, row: float, column: float) -> tuple[float, float]:
+        """Centre of model pixel (row, column) in source pixel coordinates."""
+        s = self.scale
+        return self.top + (row + 0.5) * s - 0.5, self.left + (column + 0.5) * s - 0.5
+
+    def source_to_model(self, row: float, column: float) -> tuple[float, float]:
+        s = self.scale
+        return (row - self.top + 0.5) / s - 0.5, (column - self.left + 0.5) / s - 0.5
+
+    def to_source(self, model_map: np.ndarray, fill: float = 0.0) -> np.ndarray:
+        """Put a size x size map back on the source grid (float32, rows x columns).
+
+        The crop square gets the map resized (bilinear) to side x side; pixels the crop cut
+        off, which the model never saw, get ``fill``.
+        """
+        import cv2
+
+        model_map = np.asarray(model_map, dtype=np.float32)
+        if model_map.shape != (self.size, self.size):
+            raise ValueError(f"map shape {model_map.shape} is not ({self.size}, {self.size})")
+        square = cv2.resize(model_map, (self.side, self.side), interpolation=cv2.INTER_LINEAR)
+        out = np.full((self.rows, self.columns), fill, dtype=np.float32)
+        out[self.top:self.top + self.side, self.left:self.left + self.side] = square
+        return out
+
+    def to_model(self, source_map: np.ndarray) -> np.ndarray:
+        """Crop and resize a source-grid map to the model grid (area averaging)."""
+        import cv2
+
+        source_map = np.asarray(source_map, dtype=np.float32)
+        crop = source_map[self.top:self.top + self.side, self.left:self.left + self.side]
+        return cv2.resize(crop, (self.size, self.size), interpolation=cv2.INTER_AREA)
+
+
+def pre_process(pixels: np.ndarray, maxval: int, pre: Preprocessing) -> tuple[np.ndarray, Geometry]:
+    """One display image (``0..maxval``) to the model input ``(1, size, size)`` float32."""
+    if pixels.ndim != 2:
+        raise ValueError(f"pixels must be 2-D, got shape {pixels.shape}")
+    img = xrv.datasets.normalize(pixels, maxval, reshape=True) * (pre.scale / 1024.0)
+    img = xrv.datasets.XRayCenterCrop()(img)
+    img = xrv.datasets.XRayResizer(pre.size, engine=pre.resize)(img)
+    return img.astype(np.float32, copy=False), Geometry.for_source(*pixels.shape, pre.size)
+
+
+def pre_process_batch(
+    images: Sequence[tuple[np.ndarray, int]], pre: Preprocessing
+) -> tuple[np.ndarray, list[Geometry]]:
+    """Several images to one ``(N, 1, size, size)`` batch."""
+    out = np.empty((len(images), 1, pre.size, pre.size), dtype=np.float32)
+    geometries = []
+    for i, (pixels, maxval) in enumerate(images):
+        out[i], geometry = pre_process(pixels, maxval, pre)
+        geometries.append(geometry)
+    return out, geometries

@@ -1,0 +1,1 @@
+"""The cxr-node process: command line, DIMSE and HTTP fronts."""
