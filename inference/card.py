@@ -48,9 +48,13 @@ class Preprocessing:
         if self.crop != "center":
             raise ModelCardError(f"preprocessing.crop {self.crop!r}: only 'center' is supported")
         if self.resize not in RESIZE_ENGINES:
-            raise ModelCardError(f"preprocessing.resize {self.resize!r}: use one of {RESIZE_ENGINES}")
+            raise ModelCardError(
+                f"preprocessing.resize {self.resize!r}: use one of {RESIZE_ENGINES}"
+            )
         if not isinstance(self.size, int) or not 16 <= self.size <= 2048:
-            raise ModelCardError(f"preprocessing.size {self.size!r} must be an int in [16, 2048]")
+            raise ModelCardError(
+                f"preprocessing.size {self.size!r} must be an int in [16, 2048]"
+            )
 
 
 @dataclass(frozen=True)

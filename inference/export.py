@@ -36,7 +36,9 @@ def _example(model: LoadedModel, n: int = 2) -> torch.Tensor:
 def export_torchscript(model: LoadedModel, path: str | Path) -> Path:
     """Trace the eager module to TorchScript at ``path`` (card beside it)."""
     if model.module is None or model.backend != "torch":
-        raise InferenceError(f"TorchScript export needs an eager PyTorch model, not {model.backend}")
+        raise InferenceError(
+            f"TorchScript export needs an eager PyTorch model, not {model.backend}"
+        )
     path = Path(path)
     with torch.inference_mode(False), torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore")
