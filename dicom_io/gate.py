@@ -44,7 +44,9 @@ def _text(ds: Dataset, keyword: str) -> str:
     value = ds.get(keyword, "")
     if value is None:
         return ""
-    if isinstance(value, list | tuple) or hasattr(value, "__iter__") and not isinstance(value, str):
+    if isinstance(value, list | tuple) or (
+        hasattr(value, "__iter__") and not isinstance(value, str)
+    ):
         value = "\\".join(str(v) for v in value)
     return str(value).strip().upper()
 
@@ -80,7 +82,9 @@ def check_acceptable(ds: Dataset) -> None:
     (``body-part``) and non-frontal views (``view``).
     """
     if is_own_result(ds):
-        raise DeclinedError("own-result", f"object was produced by {NODE_MANUFACTURER} (routing loop)")
+        raise DeclinedError(
+            "own-result", f"object was produced by {NODE_MANUFACTURER} (routing loop)"
+        )
     sop_class = str(ds.get("SOPClassUID", "")).strip()
     if not sop_class:
         raise InvalidInputError("no-sop-class", "SOPClassUID is missing")
@@ -102,7 +106,9 @@ def check_acceptable(ds: Dataset) -> None:
     try:
         frames = int(frames)
     except (TypeError, ValueError):
-        raise InvalidInputError("bad-frames", f"NumberOfFrames {frames!r} is not a number") from None
+        raise InvalidInputError(
+            "bad-frames", f"NumberOfFrames {frames!r} is not a number"
+        ) from None
     if frames > 1:
         raise DeclinedError("multi-frame", f"{frames} frames; the model reads single images")
     photometric = _text(ds, "PhotometricInterpretation")
@@ -156,7 +162,8 @@ def check_pixel_header(ds: Dataset) -> None:
             )
     meta = getattr(ds, "file_meta", None)
     tsuid = UID(str(meta.get("TransferSyntaxUID", ""))) if meta is not None else None
-    encapsulated = bool(tsuid and tsuid.is_valid and tsuid.is_encapsulated)
+    # An unknown UID is not a transfer syntax (pydicom raises on asking): decoding will say so.
+    encapsulated = bool(tsuid and tsuid.is_transfer_syntax and tsuid.is_encapsulated)
     if not encapsulated:
         expected = rows * columns * bits_allocated // 8
         actual = len(ds["PixelData"].value or b"")

@@ -103,6 +103,14 @@ def read_dataset(source: str | Path | bytes | BinaryIO) -> Dataset:
     except Exception as e:
         raise InvalidInputError("not-dicom", f"not a readable DICOM object: {e}") from e
     if "SOPClassUID" not in ds and "PixelData" not in ds:
+        meta = getattr(ds, "file_meta", None)
+        if meta is not None and "TransferSyntaxUID" in meta:
+            # pydicom drops every element when the data set ends early (EOF inside
+            # encapsulated pixel data): a Part 10 file, truncated or corrupt.
+            raise InvalidInputError(
+                "corrupt", "DICOM file meta present but the data set is unreadable "
+                "(truncated or corrupt)"
+            )
         raise InvalidInputError("not-dicom", "no DICOM data elements found")
     return ds
 
@@ -112,14 +120,20 @@ def from_dataset(ds: Dataset, name: str = "dataset") -> SourceImage:
 
     Raises:
         DeclinedError: valid object the model must not see (see :mod:`dicom_io.gate`).
-        InvalidInputError: the header lies about its pixel data, or decoding fails.
+        InvalidInputError: the header lies about its pixel data, decoding fails, or the
+            header is corrupt (``corrupt``: any other exception pydicom raises on it).
     """
-    check_acceptable(ds)
-    check_pixel_header(ds)
-    display = display_pixels(ds)
-    header = Dataset()
-    header.update({elem.tag: elem for elem in ds if elem.tag != 0x7FE00010})
-    header.file_meta = getattr(ds, "file_meta", Dataset())
+    try:
+        check_acceptable(ds)
+        check_pixel_header(ds)
+        display = display_pixels(ds)
+        header = Dataset()
+        header.update({elem.tag: elem for elem in ds if elem.tag != 0x7FE00010})
+        header.file_meta = getattr(ds, "file_meta", Dataset())
+    except DicomIOError:
+        raise
+    except Exception as e:  # pydicom raises many types for corrupt headers
+        raise InvalidInputError("corrupt", f"{type(e).__name__}: {e}") from e
     return SourceImage(name, display.array, display.maxval, header, display.steps)
 
 
@@ -154,10 +168,4 @@ def load(path: str | Path) -> SourceImage:
         raise InvalidInputError("unreadable", f"cannot read file: {e.strerror}") from e
     if head == PNG_SIGNATURE:
         return load_png(path)
-    ds = read_dataset(path)
-    try:
-        return from_dataset(ds, path.name)
-    except DicomIOError:
-        raise
-    except Exception as e:  # pydicom raises many types for corrupt headers
-        raise InvalidInputError("corrupt", f"{type(e).__name__}: {e}") from e
+    return from_dataset(read_dataset(path), path.name)

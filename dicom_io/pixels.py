@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from pydicom.dataset import Dataset
 from pydicom.pixels import apply_modality_lut, apply_voi_lut
+from pydicom.uid import UID
 
 from dicom_io.errors import InvalidInputError
 
@@ -33,7 +34,8 @@ class DisplayPixels:
 
 
 def _window_range(ds: Dataset) -> tuple[float, float]:
-    """Output range of pydicom's windowing for ``ds`` (mirrors ``apply_windowing``)."""
+    """Output range ``(y_min, y_max)`` of pydicom's windowing for ``ds`` (mirrors
+    ``apply_windowing``); ``y_min > y_max`` when the rescale slope is negative."""
     bits = int(ds.BitsStored)
     if ds.get("ModalityLUTSequence"):
         y_min, y_max = 0.0, float(2 ** int(ds.ModalityLUTSequence[0].LUTDescriptor[2]) - 1)
@@ -45,16 +47,37 @@ def _window_range(ds: Dataset) -> tuple[float, float]:
     if slope is not None and intercept is not None:
         y_min = y_min * float(slope) + float(intercept)
         y_max = y_max * float(slope) + float(intercept)
-    return min(y_min, y_max), max(y_min, y_max)
+    return y_min, y_max
+
+
+def _voi_lut(arr: np.ndarray, ds: Dataset) -> tuple[np.ndarray, int]:
+    """Apply the first VOI LUT Sequence item (PS3.3 C.11.2.1.1); return values and bits.
+
+    Not pydicom's ``apply_voi``: pydicom 3.0 indexes the table through an array of the LUT's
+    entry type, so an 8-bit LUT with more than 256 entries wraps its inputs modulo 256.
+    """
+    item = ds.VOILUTSequence[0]
+    entries, first, bits = (int(v) for v in item.LUTDescriptor)
+    entries = entries or 2**16
+    elem = item["LUTData"]
+    if isinstance(elem.value, bytes | bytearray):  # OW: raw words in the file's byte order
+        meta = getattr(ds, "file_meta", None)
+        tsuid = UID(str(meta.get("TransferSyntaxUID", ""))) if meta is not None else None
+        big = bool(tsuid and tsuid.is_transfer_syntax and not tsuid.is_little_endian)
+        table = np.frombuffer(elem.value, dtype=">u2" if big else "<u2").astype(np.int64)
+    else:
+        table = np.asarray(elem.value if elem.VM > 1 else [elem.value], dtype=np.int64)
+    if table.size < entries or not 1 <= bits <= 16:
+        raise ValueError(f"LUT Descriptor {list(item.LUTDescriptor)} with {table.size} entries")
+    index = np.clip(np.floor(arr) - first, 0, entries - 1).astype(np.intp)
+    return table[:entries][index], bits
 
 
 def _voi(arr: np.ndarray, ds: Dataset, steps: list[str]) -> tuple[np.ndarray, float, float]:
     """Apply the first VOI transform of ``ds``; return the values and their output range."""
     if ds.get("VOILUTSequence"):
         try:
-            item = ds.VOILUTSequence[0]
-            out = apply_voi_lut(arr, ds, index=0, prefer_lut=True)
-            bits = int(item.LUTDescriptor[2])
+            out, bits = _voi_lut(arr, ds)
             steps.append(f"VOI LUT sequence item 1 ({bits}-bit)")
             return out, 0.0, float(2**bits - 1)
         except Exception as e:  # a broken LUT is a header lie; fall back to the full range
@@ -63,6 +86,8 @@ def _voi(arr: np.ndarray, ds: Dataset, steps: list[str]) -> tuple[np.ndarray, fl
         try:
             out = apply_voi_lut(arr, ds, index=0, prefer_lut=False)
             lo, hi = _window_range(ds)
+            if lo > hi:  # negative slope: pydicom sends values below the window to y_min,
+                out, lo, hi = (lo + hi) - out, hi, lo  # the larger end; keep them darkest
             center = ds["WindowCenter"].value
             center = center[0] if ds["WindowCenter"].VM > 1 else center
             width = ds["WindowWidth"].value
@@ -85,9 +110,9 @@ def display_pixels(ds: Dataset) -> DisplayPixels:
 
     1. ``ds.pixel_array`` (decompresses; honours BitsStored and PixelRepresentation);
     2. :func:`pydicom.pixels.apply_modality_lut` (Rescale Slope/Intercept or Modality LUT);
-    3. :func:`pydicom.pixels.apply_voi_lut` with the *first* VOI LUT Sequence item, else the
-       *first* window (centre/width, LINEAR / LINEAR_EXACT / SIGMOID); with neither, or a
-       broken one, the image's own min..max;
+    3. the *first* VOI LUT Sequence item (own lookup, see :func:`_voi_lut`), else
+       :func:`pydicom.pixels.apply_voi_lut` with the *first* window (centre/width, LINEAR /
+       LINEAR_EXACT / SIGMOID); with neither, or a broken one, the image's own min..max;
     4. linear scaling of the VOI output range to ``0..65535``, clipping values outside it;
     5. inversion when Photometric Interpretation is MONOCHROME1 or Presentation LUT Shape is
        INVERSE (PS3.3 C.8.11.6.1.2: for MONOCHROME1 the two mean the same single inversion).
@@ -95,7 +120,8 @@ def display_pixels(ds: Dataset) -> DisplayPixels:
     A Presentation LUT Sequence is not applied (radiograph IODs do not use it).
 
     Raises:
-        InvalidInputError: the pixel data cannot be decoded, or the image is blank.
+        InvalidInputError: the pixel data cannot be decoded (``decode-failed``), the modality
+            LUT or rescale is unusable (``corrupt``), or the image is blank (``blank-image``).
     """
     steps: list[str] = []
     try:
@@ -106,7 +132,10 @@ def display_pixels(ds: Dataset) -> DisplayPixels:
         raise InvalidInputError("decode-failed", f"pixel data not decodable ({name}): {e}") from e
     if stored.ndim != 2:
         raise InvalidInputError("dimensions", f"decoded pixel array has shape {stored.shape}")
-    arr = apply_modality_lut(stored, ds)
+    try:
+        arr = apply_modality_lut(stored, ds)
+    except Exception as e:  # e.g. a Modality LUT without LUT Data, a slope that is not a number
+        raise InvalidInputError("corrupt", f"modality LUT or rescale unusable: {e}") from e
     if ds.get("ModalityLUTSequence"):
         steps.append("modality LUT sequence")
     elif "RescaleSlope" in ds or "RescaleIntercept" in ds:

@@ -8,8 +8,6 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from inference import InferenceError
-
 logger = logging.getLogger(__name__)
 
 EXIT_OK, EXIT_INPUT_FAILED, EXIT_USAGE = 0, 1, 2
@@ -41,6 +39,40 @@ def build_parser() -> argparse.ArgumentParser:
                    help="also run the model-randomisation sanity check on each explanation")
     p.add_argument("--no-progress", action="store_true", help="never show a progress bar")
     p.set_defaults(func=cmd_predict)
+
+    p = sub.add_parser("serve", help="run the node: DICOM C-STORE SCP, workers, sender")
+    p.add_argument("--config", type=Path, help="TOML config file (flags > env > file)")
+    p.add_argument("--ae-title")
+    p.add_argument("--bind", help="listen address (default 0.0.0.0)")
+    p.add_argument("--dicom-port", type=int)
+    p.add_argument("--http-port", type=int)
+    p.add_argument("--model")
+    p.add_argument("--card", type=Path)
+    p.add_argument("--weights-cache", type=Path)
+    p.add_argument("--explain", choices=["gradcam", "gradcampp", "shap", "none"])
+    p.add_argument("--spool", type=Path)
+    p.add_argument("--spool-quota-mb", type=float)
+    p.add_argument("--destination", action="append", dest="destinations", metavar="AE@HOST:PORT",
+                   help="send results there (repeatable)")
+    p.add_argument("--peer", action="append", dest="peers", metavar="AE=HOST:PORT",
+                   help="send results back to this calling AE (repeatable)")
+    p.add_argument("--workers", type=int)
+    p.add_argument("--batch-size", type=int)
+    p.add_argument("--max-queue-delay-ms", type=float)
+    p.add_argument("--threads", type=int)
+    p.add_argument("--retry-max-attempts", type=int)
+    p.add_argument("--retry-initial-s", type=float)
+    p.set_defaults(func=cmd_serve)
+
+    p = sub.add_parser("jobs", help="queue counts and failed items with their reasons")
+    p.add_argument("--spool", type=Path, default=Path("spool"))
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.set_defaults(func=cmd_jobs)
+
+    p = sub.add_parser("resend", help="re-queue failed deliveries (all, or --id N ...)")
+    p.add_argument("--spool", type=Path, default=Path("spool"))
+    p.add_argument("--id", type=int, action="append", dest="ids", help="delivery id")
+    p.set_defaults(func=cmd_resend)
 
     p = sub.add_parser("demo-model", help="write an UNTRAINED 26-label DenseNet121 and its card "
                                           "(for plumbing checks only: its outputs mean nothing)")
@@ -83,6 +115,82 @@ def cmd_predict(args: argparse.Namespace) -> int:
     return EXIT_INPUT_FAILED if failed or not paths else EXIT_OK
 
 
+def settings_from_args(args: argparse.Namespace):
+    from node.settings import Settings
+
+    flags = {k: getattr(args, k, None) for k in Settings.model_fields}
+    if args.peers:
+        peers = {}
+        for item in args.peers:
+            ae, sep, address = item.partition("=")
+            if not sep:
+                raise ValueError(f"--peer {item!r} is not AE=HOST:PORT")
+            peers[ae.strip()] = address.strip()
+        flags["peers"] = peers
+    flags = {k: v for k, v in flags.items() if v is not None}
+    if "model" in flags:
+        flags["model"] = str(flags["model"])
+    return Settings.load(args.config, **flags)
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from pydantic import ValidationError
+
+    from node.service import Node
+
+    try:
+        settings = settings_from_args(args)
+    except ValidationError as e:
+        problems = "; ".join(f"{'.'.join(map(str, err['loc']))}: {err['msg']}"
+                             for err in e.errors())
+        raise ValueError(f"bad settings: {problems}") from e
+    Node(settings).serve_forever()
+    return EXIT_OK
+
+
+def _open_queue(spool: Path):
+    from node.queue import SqliteQueue
+
+    db = spool / "queue.sqlite3"
+    if not db.is_file():
+        raise ValueError(f"no queue in spool {spool} (expected {db})")
+    return SqliteQueue(db)
+
+
+def cmd_jobs(args: argparse.Namespace) -> int:
+    import json
+
+    queue = _open_queue(args.spool)
+    counts = queue.counts()
+    jobs, deliveries = queue.failed()
+    if args.json:
+        print(json.dumps({
+            "counts": counts,
+            "failed_jobs": [{"id": j.id, "state": j.state, "reason": j.reason,
+                             "sop_instance_uid": j.sop_instance_uid} for j in jobs],
+            "failed_deliveries": [{"id": d.id, "destination": d.destination,
+                                   "sop_instance_uid": d.sop_instance_uid,
+                                   "attempts": d.attempts, "reason": d.reason}
+                                  for d in deliveries],
+        }, indent=2))
+        return EXIT_OK
+    for key in sorted(counts):
+        print(f"{key:24} {counts[key]}")
+    for j in jobs:
+        print(f"job {j.id} {j.state}: {j.reason} ({j.sop_instance_uid})")
+    for d in deliveries:
+        print(f"delivery {d.id} to {d.destination} failed after {d.attempts} attempt(s): "
+              f"{d.reason} ({d.sop_instance_uid})")
+    return EXIT_OK
+
+
+def cmd_resend(args: argparse.Namespace) -> int:
+    queue = _open_queue(args.spool)
+    n = queue.resend_failed(args.ids)
+    print(f"{n} failed deliver{'y' if n == 1 else 'ies'} re-queued")
+    return EXIT_OK
+
+
 def cmd_demo_model(args: argparse.Namespace) -> int:
     import json
 
@@ -107,15 +215,31 @@ def cmd_demo_model(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _user_errors() -> tuple[type[BaseException], ...]:
+    """Errors that are the user's to fix (bad model, settings, files): one line, exit 2."""
+    errors: list[type[BaseException]] = [ValueError, OSError]
+    for module, name in (("inference.errors", "InferenceError"), ("dicom_io.errors",
+                                                                 "DicomIOError")):
+        cls = getattr(sys.modules.get(module), name, None)
+        if cls is not None:
+            errors.append(cls)
+    return tuple(errors)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     _setup_logging(args.verbose)
     try:
         return int(args.func(args))
-    except (InferenceError, ValueError, OSError) as e:
-        print(f"cxr-node {args.command}: {e}", file=sys.stderr)
-        return EXIT_USAGE
+    except Exception as e:
+        if isinstance(e, _user_errors()):
+            print(f"cxr-node {args.command}: {e}", file=sys.stderr)
+            return EXIT_USAGE
+        logger.debug("unexpected error", exc_info=True)  # a bug: the traceback in the debug log
+        print(f"cxr-node {args.command}: internal error: {type(e).__name__}: {e}",
+              file=sys.stderr)
+        return EXIT_USAGE + 1
     except KeyboardInterrupt:
         return 130
 

@@ -8,14 +8,42 @@ from pathlib import Path
 from typing import Any
 
 from inference import LoadedModel, Scored
+from node.pipeline import Pipeline
 
 logger = logging.getLogger(__name__)
 
 Extra = Callable[[Scored, Path, dict[str, Any]], None]
 
+EXPLAIN_CHOICES = ("gradcam", "gradcampp", "shap", "none")
+
 
 def output_extras(model: LoadedModel, explain: str, sanity: bool = False) -> list[Extra]:
-    """The per-image steps after prediction, chosen once for the whole run."""
-    if explain not in ("none", ""):
-        raise ValueError(f"--explain {explain!r}: explanations are not available yet; use none")
-    return []
+    """The per-image steps after prediction, set up once for the whole run.
+
+    For each image: the explanation (``heatmap.png``, ``heatmap.npy``), then the SR, the
+    heat-map secondary capture and the parametric map (``sr.dcm``, ``heatmap_sc.dcm``,
+    ``heatmap_pm.dcm``; DICOM sources only). ``result.json`` records what was written.
+    """
+    if explain not in EXPLAIN_CHOICES:
+        raise ValueError(f"--explain {explain!r}: use one of {', '.join(EXPLAIN_CHOICES)}")
+    pipeline = Pipeline(model, explain, sanity=sanity)
+
+    def extra(scored: Scored, folder: Path, result: dict[str, Any]) -> None:
+        from explain import write_outputs
+
+        outcome = pipeline.complete(scored)
+        if outcome.heatmap is not None:
+            result["explanation"] = outcome.heatmap.summary()
+            written = write_outputs(outcome.heatmap, scored.image, folder)
+            result["explanation"]["files"] = [p.name for p in written]
+        elif outcome.explain_error is not None:
+            result["explanation"] = {"method": explain, "error": outcome.explain_error}
+        if outcome.results is not None:
+            files = outcome.results.write(folder)
+            result["dicom"] = {kind: {"file": path.name,
+                                      "sop_instance_uid": str(outcome.objects[kind].SOPInstanceUID)}
+                               for kind, path in files.items()}
+            if outcome.results.heatmap_note:
+                result["dicom"]["note"] = outcome.results.heatmap_note
+
+    return [extra]

@@ -1,0 +1,273 @@
+"""The findings as a Comprehensive 3D SR holding a TID 1500 Measurement Report.
+
+Layout (PS3.16 TID 1500)::
+
+    Imaging Measurement Report
+    ├── Language, Observer Type = Device, Device Observer UID/Name/Manufacturer/Model/Serial
+    ├── Procedure reported = Plain chest X-ray
+    ├── Image Library ── Image Library Group ── IMAGE (the source) + descriptors
+    ├── Imaging Measurements
+    │   └── Measurement Group (TID 1501), one per label
+    │       ├── Tracking Identifier (label) / Tracking UID (deterministic)
+    │       ├── Finding = the label's concept       ├── Algorithm Name/Version/Manufacturer
+    │       ├── Probability = p {probability}      ├── Threshold Value = t {probability}
+    │       ├── <label concept> = Present | Absent (p >= t)
+    │       └── Source = IMAGE (the source)
+    └── Qualitative Evaluations: Intended use; Heat map (or: Heat map suppressed, and why)
+"""
+
+from __future__ import annotations
+
+import datetime
+import math
+from collections.abc import Sequence
+
+from highdicom.sr import (
+    AlgorithmIdentification,
+    CodeContentItem,
+    CodedConcept,
+    Comprehensive3DSR,
+    ContainerContentItem,
+    DeviceObserverIdentifyingAttributes,
+    ImageContentItem,
+    Measurement,
+    MeasurementReport,
+    MeasurementsAndQualitativeEvaluations,
+    NumContentItem,
+    ObservationContext,
+    ObserverContext,
+    QualitativeEvaluation,
+    RelationshipTypeValues,
+    SourceImageForMeasurementGroup,
+    TextContentItem,
+    TrackingIdentifier,
+)
+from pydicom.sr.codedict import codes as dcm_codes
+
+from dicom_io.results import codes
+from dicom_io.results._common import (
+    ModelIdentity,
+    SourceContext,
+    clip_lo,
+    date_time_kwargs,
+    finish,
+)
+from dicom_io.results.uids import tracking_uid
+
+_CONTAINS = RelationshipTypeValues.CONTAINS
+_ACQ = RelationshipTypeValues.HAS_ACQ_CONTEXT
+_PIXELS = CodedConcept("{pixels}", "UCUM", "Pixels")
+_MM = CodedConcept.from_code(dcm_codes.UCUM.Millimeter)
+
+
+def finding_values(prediction: object) -> list[tuple[str, float, float, bool]]:
+    """``(label, probability, threshold, positive)`` of each finding, checked."""
+    findings = getattr(prediction, "findings", None)
+    if findings is None:
+        raise TypeError(
+            f"prediction must be a Prediction (with .findings), not {type(prediction).__name__}"
+        )
+    out = []
+    seen = set()
+    for f in findings:
+        label = getattr(f, "label", None)
+        if not isinstance(label, str) or not label.strip():
+            raise ValueError(f"finding label {label!r} must be a non-empty str")
+        if label in seen:
+            raise ValueError(f"finding label {label!r} appears twice")
+        seen.add(label)
+        p, t = float(f.probability), float(f.threshold)
+        if not (math.isfinite(p) and 0.0 <= p <= 1.0):
+            raise ValueError(f"probability {p!r} of {label!r} is not in [0, 1]")
+        if not (math.isfinite(t) and 0.0 <= t <= 1.0):
+            raise ValueError(f"threshold {t!r} of {label!r} is not in [0, 1]")
+        out.append((label, p, t, p >= t))
+    if not out:
+        raise ValueError("prediction has no findings")
+    return out
+
+
+class FindingsReportTemplate:
+    """The parts of one model's SR that never change, built once per loaded model.
+
+    Codes of the card's labels, the device observer context, the algorithm identification
+    and the coding scheme declarations; :meth:`build` adds what each image changes.
+    """
+
+    def __init__(self, model: ModelIdentity, labels: Sequence[str] = ()) -> None:
+        if not isinstance(model, ModelIdentity):
+            raise TypeError(f"model must be a ModelIdentity, not {type(model).__name__}")
+        self.model = model
+        self.observation_context = ObservationContext(
+            observer_device_context=ObserverContext(
+                observer_type=codes.DEVICE_OBSERVER,
+                observer_identifying_attributes=DeviceObserverIdentifyingAttributes(
+                    uid=model.device_uid,
+                    name=clip_lo(model.name),
+                    manufacturer_name=clip_lo(model.manufacturer),
+                    model_name=clip_lo(f"{model.name} {model.version}"),
+                    serial_number=model.serial_number,
+                ),
+            )
+        )
+        self.algorithm = AlgorithmIdentification(
+            name=clip_lo(model.name), version=clip_lo(model.version),
+            manufacturer=clip_lo(model.manufacturer),
+        )
+        self._codes: dict[str, CodedConcept] = {}
+        for label in labels:
+            if label:
+                self.code(label)
+
+    def code(self, label: str) -> CodedConcept:
+        code = self._codes.get(label)
+        if code is None:
+            code = self._codes[label] = codes.finding_code(label)
+        return code
+
+    def _image_library(self, source: SourceContext) -> ContainerContentItem:
+        """TID 1600 with one TID 1601 entry; descriptors only where the source knows them."""
+        descriptors = []
+        modality = codes.MODALITIES.get(source.modality)
+        if modality is not None:
+            descriptors.append(CodeContentItem(
+                name=dcm_codes.DCM.Modality, value=modality, relationship_type=_ACQ,
+            ))
+        descriptors += [
+            NumContentItem(name=dcm_codes.DCM.PixelDataRows, value=source.rows,
+                           unit=_PIXELS, relationship_type=_ACQ),
+            NumContentItem(name=dcm_codes.DCM.PixelDataColumns, value=source.columns,
+                           unit=_PIXELS, relationship_type=_ACQ),
+        ]
+        if source.patient_orientation is not None:
+            descriptors += [
+                TextContentItem(name=dcm_codes.DCM.PatientOrientationRow,
+                                value=source.patient_orientation[0], relationship_type=_ACQ),
+                TextContentItem(name=dcm_codes.DCM.PatientOrientationColumn,
+                                value=source.patient_orientation[1], relationship_type=_ACQ),
+            ]
+        if source.pixel_spacing is not None:
+            descriptors += [
+                NumContentItem(name=dcm_codes.DCM.HorizontalPixelSpacing,
+                               value=source.pixel_spacing[1], unit=_MM, relationship_type=_ACQ),
+                NumContentItem(name=dcm_codes.DCM.VerticalPixelSpacing,
+                               value=source.pixel_spacing[0], unit=_MM, relationship_type=_ACQ),
+            ]
+        image = ImageContentItem(
+            name=CodedConcept.from_code(dcm_codes.SCT.Source),
+            referenced_sop_class_uid=source.sop_class_uid,
+            referenced_sop_instance_uid=source.sop_uid,
+            relationship_type=_CONTAINS,
+        )
+        image.ContentSequence = descriptors
+        group = ContainerContentItem(name=dcm_codes.DCM.ImageLibraryGroup,
+                                     relationship_type=_CONTAINS)
+        group.ContentSequence = [image]
+        library = ContainerContentItem(name=dcm_codes.DCM.ImageLibrary,
+                                       relationship_type=_CONTAINS)
+        library.ContentSequence = [group]
+        return library
+
+    def _evaluations(self, heatmap: object | None) -> ContainerContentItem:
+        items = []
+        if self.model.intended_use.strip():
+            items.append(TextContentItem(
+                name=codes.INTENDED_USE, value=self.model.intended_use.strip(),
+                relationship_type=_CONTAINS,
+            ))
+        if heatmap is not None:
+            method = str(getattr(heatmap, "method", "") or "explanation")
+            label = str(getattr(heatmap, "label", "") or "?")
+            if getattr(heatmap, "suppressed", False):
+                reason = str(getattr(heatmap, "suppressed_reason", None) or "sanity check failed")
+                items.append(TextContentItem(
+                    name=codes.HEAT_MAP_SUPPRESSED,
+                    value=(f"{method} heat map for {label} suppressed and not written: "
+                           f"{reason}"),
+                    relationship_type=_CONTAINS,
+                ))
+            else:
+                items.append(TextContentItem(
+                    name=codes.HEAT_MAP,
+                    value=(f"{method} heat map for {label}: written as secondary capture "
+                           "(overlay) and parametric map; not for diagnostic use"),
+                    relationship_type=_CONTAINS,
+                ))
+        container = ContainerContentItem(
+            name=codes.QUALITATIVE_EVALUATIONS, relationship_type=_CONTAINS
+        )
+        container.ContentSequence = items
+        return container
+
+    def build(
+        self,
+        source: SourceContext,
+        prediction: object,
+        heatmap: object | None,
+        *,
+        when: datetime.datetime,
+        series_instance_uid: str,
+        series_number: int,
+        sop_instance_uid: str,
+        series_description: str,
+    ) -> Comprehensive3DSR:
+        """The SR of one image's prediction (and what became of its heat map)."""
+        findings = finding_values(prediction)
+        source_ref = SourceImageForMeasurementGroup(
+            referenced_sop_class_uid=source.sop_class_uid,
+            referenced_sop_instance_uid=source.sop_uid,
+        )
+        groups = []
+        for label, p, t, positive in findings:
+            concept = self.code(label)
+            groups.append(MeasurementsAndQualitativeEvaluations(
+                tracking_identifier=TrackingIdentifier(
+                    uid=tracking_uid(source.sop_uid, self.model.sha256, label),
+                    identifier=label,
+                ),
+                finding_type=concept,
+                algorithm_id=self.algorithm,
+                measurements=[
+                    Measurement(name=codes.PROBABILITY, value=round(p, 6),
+                                unit=codes.UNIT_PROBABILITY),
+                    Measurement(name=codes.THRESHOLD, value=round(t, 6),
+                                unit=codes.UNIT_PROBABILITY),
+                ],
+                qualitative_evaluations=[QualitativeEvaluation(
+                    name=concept, value=codes.PRESENT if positive else codes.ABSENT,
+                )],
+                source_images=[source_ref],
+            ))
+        report = MeasurementReport(
+            observation_context=self.observation_context,
+            procedure_reported=codes.PROCEDURE_CHEST_XRAY,
+            imaging_measurements=groups,
+            title=codes.REPORT_TITLE,
+        )
+        root = report[0].ContentSequence
+        # TID 1500 order: ..., procedure reported, image library, imaging measurements, ...
+        root.insert(len(root) - 1, self._image_library(source))
+        root.append(self._evaluations(heatmap))
+
+        # The private scheme is always declared: the TEXT item names use it.
+        sr = Comprehensive3DSR(
+            evidence=[source.reference_copy()],
+            content=report,
+            series_instance_uid=series_instance_uid,
+            series_number=series_number,
+            sop_instance_uid=sop_instance_uid,
+            instance_number=source.instance_number,
+            is_complete=True,
+            is_final=False,
+            is_verified=False,
+            series_description=clip_lo(series_description),
+            coding_schemes=list(codes.CODING_SCHEMES),
+            contributing_equipment=[self.model.contributing_equipment(when)],
+            **self.model.equipment_kwargs(),
+            **date_time_kwargs(when),
+        )
+        finish(sr, self.model, when)
+        return sr
+
+
+__all__ = ["FindingsReportTemplate", "finding_values"]

@@ -1,0 +1,147 @@
+"""The DICOM (DIMSE) front: a C-ECHO and C-STORE SCP, and a C-STORE SCU for results.
+
+Handlers are plain functions bound with ``evt_handlers``; they return a DICOM status and never
+raise (pynetdicom ``apps/storescp`` style).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+
+from pydicom.dataset import Dataset
+from pydicom.uid import (
+    JPEG2000,
+    DeflatedExplicitVRLittleEndian,
+    ExplicitVRBigEndian,
+    ExplicitVRLittleEndian,
+    ImplicitVRLittleEndian,
+    JPEG2000Lossless,
+    JPEGBaseline8Bit,
+    JPEGExtended12Bit,
+    JPEGLossless,
+    JPEGLosslessSV1,
+    JPEGLSLossless,
+    JPEGLSNearLossless,
+    RLELossless,
+)
+from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, evt
+from pynetdicom.sop_class import Verification
+
+from dicom_io.uids import INPUT_SOP_CLASSES
+from node.intake import Intake, QueueFullError
+from node.metrics import RECEIVED
+from node.settings import Peer, Settings
+from node.spool import SpoolFullError
+
+logger = logging.getLogger(__name__)
+
+#: Transfer syntaxes accepted for images: every one the core decodes.
+IMAGE_TRANSFER_SYNTAXES: list[str] = [
+    ExplicitVRLittleEndian, ImplicitVRLittleEndian, DeflatedExplicitVRLittleEndian,
+    ExplicitVRBigEndian, JPEGBaseline8Bit, JPEGExtended12Bit, JPEGLossless, JPEGLosslessSV1,
+    JPEGLSLossless, JPEGLSNearLossless, JPEG2000Lossless, JPEG2000, RLELossless,
+]
+
+STATUS_SUCCESS = 0x0000
+STATUS_OUT_OF_RESOURCES = 0xA700
+STATUS_CANNOT_UNDERSTAND = 0xC000
+STATUS_PROCESSING_FAILURE = 0x0110
+
+
+def handle_echo(event: evt.Event) -> int:
+    return STATUS_SUCCESS
+
+
+def handle_store(event: evt.Event, intake: Intake) -> int:
+    """Write the object as received (file meta + encoded dataset) durably, then succeed."""
+    try:
+        data = event.encoded_dataset(include_meta=True)
+        sop_uid = str(event.request.AffectedSOPInstanceUID)
+        calling = event.assoc.requestor.ae_title.strip()
+    except Exception as e:
+        logger.warning("C-STORE could not be read: %s", type(e).__name__)
+        return STATUS_CANNOT_UNDERSTAND
+    try:
+        intake.accept(data, sop_uid, calling, "dimse")
+    except (SpoolFullError, QueueFullError) as e:
+        logger.error("C-STORE of %s refused, out of resources: %s", sop_uid, e)
+        RECEIVED.labels("dimse", "refused").inc()
+        return STATUS_OUT_OF_RESOURCES
+    except Exception:
+        logger.exception("C-STORE of %s could not be stored", sop_uid)
+        RECEIVED.labels("dimse", "refused").inc()
+        return STATUS_OUT_OF_RESOURCES
+    RECEIVED.labels("dimse", "stored").inc()
+    return STATUS_SUCCESS
+
+
+def make_scp(settings: Settings, intake: Intake) -> AE:
+    """An AE ready to ``start_server`` with the node's contexts, limits and timeouts."""
+    ae = AE(ae_title=settings.ae_title)
+    ae.require_called_aet = True
+    ae.maximum_associations = settings.max_associations
+    ae.maximum_pdu_size = settings.max_pdu
+    ae.network_timeout = settings.network_timeout_s
+    ae.acse_timeout = settings.network_timeout_s
+    ae.dimse_timeout = settings.network_timeout_s
+    ae.add_supported_context(Verification, ALL_TRANSFER_SYNTAXES)
+    for sop_class in sorted(INPUT_SOP_CLASSES):
+        ae.add_supported_context(sop_class, IMAGE_TRANSFER_SYNTAXES)
+    return ae
+
+
+def scp_handlers(intake: Intake) -> list:
+    return [(evt.EVT_C_ECHO, handle_echo), (evt.EVT_C_STORE, handle_store, [intake])]
+
+
+def send_files(
+    peer: Peer, paths: Sequence[Path], calling_ae: str, timeout: float = 60
+) -> list[tuple[Path, str | None]]:
+    """C-STORE ``paths`` to ``peer`` in one association; per file ``None`` or the failure.
+
+    Success and warning statuses count as delivered; anything else (a failure status, no
+    response, a rejected context) is a failure with its reason.
+    """
+    import pydicom
+
+    datasets: list[tuple[Path, Dataset]] = []
+    results: list[tuple[Path, str | None]] = []
+    for path in paths:
+        try:
+            datasets.append((path, pydicom.dcmread(path)))
+        except Exception as e:
+            results.append((path, f"result file unreadable: {type(e).__name__}"))
+    if not datasets:
+        return results
+    ae = AE(ae_title=calling_ae)
+    ae.network_timeout = ae.acse_timeout = ae.dimse_timeout = timeout
+    for sop_class in sorted({str(ds.SOPClassUID) for _, ds in datasets}):
+        ae.add_requested_context(sop_class, [ExplicitVRLittleEndian, ImplicitVRLittleEndian])
+    assoc = ae.associate(peer.host, peer.port, ae_title=peer.ae_title)
+    if not assoc.is_established:
+        why = "rejected" if assoc.is_rejected else "aborted" if assoc.is_aborted else "no answer"
+        return results + [(p, f"association with {peer} {why}") for p, _ in datasets]
+    try:
+        for path, ds in datasets:
+            try:
+                status = assoc.send_c_store(ds)
+            except Exception as e:
+                results.append((path, f"C-STORE to {peer} failed: {e}"))
+                continue
+            code = getattr(status, "Status", None)
+            if code is None:
+                results.append((path, f"no C-STORE response from {peer}"))
+            elif code == 0x0000 or code in (0xB000, 0xB006, 0xB007):
+                results.append((path, None))
+            else:
+                results.append((path, f"C-STORE status 0x{code:04X} from {peer}"))
+            if not assoc.is_established:
+                break
+    finally:
+        if assoc.is_established:
+            assoc.release()
+    done = {p for p, _ in results}
+    results += [(p, f"association with {peer} ended early") for p, _ in datasets if p not in done]
+    return results

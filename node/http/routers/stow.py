@@ -1,0 +1,106 @@
+"""DICOMweb STOW-RS (PS3.18 10.5): ``POST /dicomweb/studies[/{study}]``.
+
+Each instance is stored durably and queued exactly like a C-STORE; the response lists what
+was stored (ReferencedSOPSequence) and what failed, with a reason (FailedSOPSequence).
+"""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Depends, Request
+from fastapi.responses import JSONResponse
+from starlette.concurrency import run_in_threadpool
+
+from dicom_io import DeclinedError, DicomIOError, check_pixel_header, read_dataset
+from dicom_io.uids import INPUT_SOP_CLASSES
+from node.http.deps import get_node, read_body, require_token
+from node.http.errors import ApiError
+from node.http.multipart import parse_related, related_type
+from node.intake import QueueFullError
+from node.spool import SpoolFullError
+
+router = APIRouter(prefix="/dicomweb", tags=["DICOMweb"], dependencies=[Depends(require_token)])
+
+#: PS3.18 Table 10.5.3-2 / PS3.4 B.2.3 failure reasons used here.
+OUT_OF_RESOURCES = 0xA700
+DOES_NOT_MATCH = 0xA900  # also used for a Study Instance UID other than the target's
+CANNOT_UNDERSTAND = 0xC000
+SOP_CLASS_NOT_SUPPORTED = 0x0122
+
+
+def _item(sop_class: str | None, sop_instance: str | None, reason: int | None = None,
+          comment: str | None = None) -> dict:
+    item: dict = {}
+    if sop_class:
+        item["00081150"] = {"vr": "UI", "Value": [sop_class]}
+    if sop_instance:
+        item["00081155"] = {"vr": "UI", "Value": [sop_instance]}
+    if reason is not None:
+        item["00081197"] = {"vr": "US", "Value": [reason]}
+    if comment:  # Error Comment: says why, in words, without patient data
+        item["00000902"] = {"vr": "LO", "Value": [comment[:64]]}
+    return item
+
+
+def store_one(node, data: bytes, study: str | None) -> tuple[bool, dict]:
+    """Store one part; (stored, response item)."""
+    try:
+        ds = read_dataset(data)
+    except DicomIOError as e:
+        return False, _item(None, None, CANNOT_UNDERSTAND, f"{e.code}: {e.reason}")
+    sop_class = str(ds.get("SOPClassUID", "")) or None
+    sop_instance = str(ds.get("SOPInstanceUID", "")) or None
+    if not sop_class or not sop_instance:
+        return False, _item(sop_class, sop_instance, CANNOT_UNDERSTAND, "SOP UIDs missing")
+    if sop_class not in INPUT_SOP_CLASSES:
+        return False, _item(sop_class, sop_instance, SOP_CLASS_NOT_SUPPORTED,
+                            "SOP class not accepted: CR, DX or grayscale SC only")
+    if study and str(ds.get("StudyInstanceUID", "")) != study:
+        return False, _item(sop_class, sop_instance, DOES_NOT_MATCH,
+                            "Study Instance UID differs from the target study")
+    try:
+        check_pixel_header(ds)
+    except DicomIOError as e:
+        return False, _item(sop_class, sop_instance, DOES_NOT_MATCH, f"{e.code}: {e.reason}")
+    except DeclinedError:
+        pass
+    try:
+        node.http_intake.accept(data, sop_instance, None, "stow")
+    except (SpoolFullError, QueueFullError) as e:
+        return False, _item(sop_class, sop_instance, OUT_OF_RESOURCES, str(e))
+    return True, _item(sop_class, sop_instance)
+
+
+async def _stow(request: Request, study: str | None) -> JSONResponse:
+    content_type = request.headers.get("content-type", "")
+    if not content_type.lower().startswith("multipart/related") or \
+            related_type(content_type) not in ("application/dicom", None):
+        raise ApiError(415, "unsupported-media-type",
+                          'STOW-RS takes multipart/related; type="application/dicom"')
+    body = await read_body(request)
+    parts = parse_related(body, content_type)
+    node = get_node(request)
+    stored, failed = [], []
+    for headers, payload in parts:
+        part_type = headers.get("content-type", "application/dicom").split(";")[0].strip()
+        if part_type.lower() != "application/dicom":
+            failed.append(_item(None, None, CANNOT_UNDERSTAND, f"part type {part_type}"))
+            continue
+        ok, item = await run_in_threadpool(store_one, node, payload, study)
+        (stored if ok else failed).append(item)
+    response: dict = {}
+    if stored:
+        response["00081199"] = {"vr": "SQ", "Value": stored}
+    if failed:
+        response["00081198"] = {"vr": "SQ", "Value": failed}
+    status = 200 if not failed else 202 if stored else 409
+    return JSONResponse(response, status_code=status, media_type="application/dicom+json")
+
+
+@router.post("/studies", summary="STOW-RS: store instances")
+async def stow(request: Request) -> JSONResponse:
+    return await _stow(request, None)
+
+
+@router.post("/studies/{study}", summary="STOW-RS: store instances of one study")
+async def stow_study(study: str, request: Request) -> JSONResponse:
+    return await _stow(request, study)

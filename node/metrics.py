@@ -1,0 +1,20 @@
+"""Prometheus metrics of the node (one registry per process)."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+REGISTRY = CollectorRegistry(auto_describe=True)
+
+HTTP_REQUESTS = Counter("cxr_http_requests_total", "HTTP requests", ["route", "status"],
+                        registry=REGISTRY)
+HTTP_LATENCY = Histogram("cxr_http_request_seconds", "HTTP request latency", ["route"],
+                         registry=REGISTRY,
+                         buckets=(0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 120))
+QUEUE_DEPTH = Gauge("cxr_queue_depth", "jobs queued or processing", registry=REGISTRY)
+BATCH_SIZE = Histogram("cxr_inference_batch_size", "images per forward pass", registry=REGISTRY,
+                       buckets=(1, 2, 4, 8, 16, 32, 64))
+JOBS = Counter("cxr_jobs_total", "jobs closed", ["origin", "state"], registry=REGISTRY)
+DELIVERIES = Counter("cxr_deliveries_total", "delivery attempts", ["outcome"], registry=REGISTRY)
+RECEIVED = Counter("cxr_received_total", "objects received", ["origin", "status"],
+                   registry=REGISTRY)

@@ -1,0 +1,66 @@
+"""The scoring response: one JSON document for ``/score``, Azure ``score.py`` and STOW-RS.
+
+The seed's contract is kept (``top_three_labels`` and ``probability``, in percent), next to
+the full per-label result.
+"""
+
+from __future__ import annotations
+
+import base64
+from typing import Any
+
+from pydicom.dataset import Dataset
+
+from dicom_io import DicomIOError, check_acceptable, check_pixel_header, read_dataset
+from dicom_io.results.uids import instance_uid
+from inference import LoadedModel
+from node.pipeline import Outcome
+
+
+def validate_upload(data: bytes) -> Dataset:
+    """Parse and gate an uploaded object before it is queued (fast, header only)."""
+    if not data:
+        raise DicomIOError("empty", "the request has no DICOM data")
+    ds = read_dataset(data)
+    check_acceptable(ds)
+    check_pixel_header(ds)
+    if not str(ds.get("SOPInstanceUID", "")).strip():
+        raise DicomIOError("no-sop-instance", "SOPInstanceUID is missing")
+    return ds
+
+
+def result_uids(model: LoadedModel, sop_instance_uid: str | None) -> dict[str, str] | None:
+    """The UIDs the node gives (or would give) this image's SR, SC and parametric map."""
+    if not sop_instance_uid:
+        return None
+    return {kind: instance_uid(kind, sop_instance_uid, model.sha256) for kind in ("sr", "sc", "pm")}
+
+
+def overlay_png(outcome: Outcome, max_side: int = 1024) -> bytes | None:
+    """The heat map over the image as PNG bytes (for people; not for diagnosis)."""
+    import cv2
+
+    from explain.outputs import overlay
+
+    if outcome.heatmap is None or outcome.heatmap.suppressed:
+        return None
+    bgr = overlay(outcome.heatmap, outcome.scored.image, max_side=max_side)
+    ok, png = cv2.imencode(".png", bgr)
+    return png.tobytes() if ok else None
+
+
+def score_document(model: LoadedModel, outcome: Outcome, with_overlay: bool = False) -> dict:
+    """The JSON answer for one scored image."""
+    scored = outcome.scored
+    doc: dict[str, Any] = scored.result(model)
+    doc["probability"] = [round(f.probability * 100, 2) for f in scored.prediction.top(3)]
+    doc["result_uids"] = result_uids(model, scored.image.sop_uid)
+    if outcome.heatmap is not None:
+        doc["explanation"] = outcome.heatmap.summary()
+        if with_overlay:
+            png = overlay_png(outcome)
+            if png is not None:
+                doc["explanation"]["overlay_png_base64"] = base64.b64encode(png).decode()
+    elif outcome.explain_error:
+        doc["explanation"] = {"error": outcome.explain_error}
+    return doc

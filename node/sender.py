@@ -1,0 +1,94 @@
+"""The sender: delivers result objects by C-STORE, with retries and exponential backoff."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import defaultdict
+from pathlib import Path
+
+from node.dicomweb import stow_files
+from node.dimse import send_files
+from node.metrics import DELIVERIES
+from node.queue import Delivery, SqliteQueue
+from node.settings import Peer, Settings
+from node.spool import Spool
+
+logger = logging.getLogger(__name__)
+
+
+def backoff(settings: Settings, attempts: int) -> float | None:
+    """Seconds before the next try after ``attempts`` failures; ``None``: give up."""
+    if attempts >= settings.retry_max_attempts:
+        return None
+    return min(settings.retry_initial_s * 2 ** (attempts - 1), settings.retry_max_s)
+
+
+class Sender(threading.Thread):
+    def __init__(self, settings: Settings, queue: SqliteQueue, spool: Spool,
+                 stop: threading.Event) -> None:
+        super().__init__(name="sender", daemon=True)
+        self.settings = settings
+        self.queue = queue
+        self.spool = spool
+        self.stop_event = stop
+        self.wake = threading.Event()
+
+    def run(self) -> None:
+        while not self.stop_event.is_set():
+            try:
+                if not self.send_due():
+                    self.wake.wait(0.5)
+                    self.wake.clear()
+            except Exception:
+                logger.exception("sender loop failed; continuing")
+                time.sleep(1)
+
+    def send_due(self, limit: int = 64) -> int:
+        """Send what is due now, one association per destination; return how many tried."""
+        due = self.queue.due_deliveries(time.time(), limit)
+        by_destination: dict[str, list[Delivery]] = defaultdict(list)
+        for d in due:
+            by_destination[d.destination].append(d)
+        for destination, items in by_destination.items():
+            if self.stop_event.is_set():
+                break
+            self._send(destination, items)
+        return len(due)
+
+    def _send(self, destination: str, items: list[Delivery]) -> None:
+        by_path = {Path(d.path): d for d in items}
+        timeout = self.settings.network_timeout_s
+        if destination.startswith(("http://", "https://")):
+            results = stow_files(destination, list(by_path), timeout)
+        else:
+            results = send_files(Peer.parse(destination), list(by_path), self.settings.ae_title,
+                                 timeout=timeout)
+        for path, error in results:
+            d = by_path[path]
+            DELIVERIES.labels("sent" if error is None else "failed").inc()
+            if error is None:
+                self.queue.delivered(d.id)
+                logger.info("delivered %s to %s", d.sop_instance_uid, destination)
+                self._purge(d)
+                continue
+            wait = backoff(self.settings, d.attempts + 1)
+            next_try = None if wait is None else time.time() + wait
+            self.queue.delivery_failed(d.id, error, next_try)
+            if next_try is None:
+                logger.error("giving up on %s to %s after %d attempts: %s",
+                             d.sop_instance_uid, destination, d.attempts + 1, error)
+            else:
+                logger.warning("delivery of %s to %s failed (%s); retry in %.0f s",
+                               d.sop_instance_uid, destination, error, wait)
+
+    def _purge(self, d: Delivery) -> None:
+        if not self.settings.purge_delivered:
+            return
+        if not self.queue.path_needed(d.path):
+            self.spool.remove(Path(d.path))
+        if self.queue.unsent_paths(d.job_id) == 0:
+            job = self.queue.job(d.job_id)
+            if job is not None:
+                self.spool.remove(Path(job.path))

@@ -1,0 +1,138 @@
+"""The running node: model, spool, queue, DIMSE server, workers and sender in one process."""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+import time
+from types import FrameType
+
+from inference import LoadedModel, configure_threads, load_model
+from node.dimse import make_scp, scp_handlers
+from node.intake import Intake
+from node.pipeline import Pipeline
+from node.queue import SqliteQueue
+from node.sender import Sender
+from node.settings import Settings
+from node.spool import Spool
+from node.waiters import Waiters
+from node.worker import Listener, Worker
+
+logger = logging.getLogger(__name__)
+
+
+class Node:
+    """Start with :meth:`start`, stop with :meth:`stop` (or SIGTERM in :meth:`serve_forever`)."""
+
+    def __init__(self, settings: Settings, model: LoadedModel | None = None) -> None:
+        self.settings = settings
+        self.model = model
+        self.stop_event = threading.Event()
+        self.waiters = Waiters()
+        self.listeners: list[Listener] = [self.waiters.listener]
+        self.http_server = None
+        self.http_thread: threading.Thread | None = None
+        self.spool = Spool(settings.spool,
+                           int(settings.spool_quota_mb * 2**20) if settings.spool_quota_mb
+                           else None, int(settings.min_free_mb * 2**20))
+        self.queue = SqliteQueue(settings.spool / "queue.sqlite3")
+        # DIMSE is never refused for depth (a modality cannot wait); HTTP is (503).
+        self.intake = Intake(self.spool, self.queue)
+        self.http_intake = Intake(self.spool, self.queue, settings.max_queue_depth)
+        self.http_intake.wake = self.intake.wake
+        self.workers: list[Worker] = []
+        self.sender = Sender(settings, self.queue, self.spool, self.stop_event)
+        self.scp = None
+        self.server = None
+        self.ready = threading.Event()
+        self.started_at = time.monotonic()
+
+    @property
+    def dicom_port(self) -> int:
+        return int(self.server.server_address[1]) if self.server else self.settings.dicom_port
+
+    def start(self) -> None:
+        s = self.settings
+        configure_threads(s.threads)
+        if self.model is None:
+            self.model = load_model(s.model, card=s.card, cache_dir=s.weights_cache)
+        self.pipeline = Pipeline(self.model, s.explain, batch_size=s.batch_size)
+        recovered = self.intake.recover()
+        if recovered:
+            logger.info("recovered %d job(s) from the spool", recovered)
+        for i in range(s.workers):
+            worker = Worker(f"worker-{i}", s, self.intake, self.pipeline, self.stop_event,
+                            self.listeners)
+            worker.start()
+            self.workers.append(worker)
+        self.sender.start()
+        self.scp = make_scp(s, self.intake)
+        self.server = self.scp.start_server((s.bind, s.dicom_port), block=False,
+                                            evt_handlers=scp_handlers(self.intake))
+        self.ready.set()
+        logger.info("%s listening for DICOM on %s:%d (model %s %s, sha256 %s)", s.ae_title,
+                    s.bind, self.dicom_port, self.model.card.name, self.model.card.version,
+                    self.model.sha256[:12])
+
+    @property
+    def http_port(self) -> int | None:
+        if self.http_server is None or not self.http_server.servers:
+            return self.settings.http_port
+        return int(self.http_server.servers[0].sockets[0].getsockname()[1])
+
+    def start_http(self) -> None:
+        """Serve the HTTP app (uvicorn) in a thread of this process."""
+        import uvicorn
+
+        from node.http import create_app
+
+        config = uvicorn.Config(create_app(self), host=self.settings.bind,
+                                port=self.settings.http_port, log_level="warning",
+                                timeout_keep_alive=30, access_log=False)
+        self.http_server = uvicorn.Server(config)
+        self.http_thread = threading.Thread(target=self.http_server.run, name="http",
+                                            daemon=True)
+        self.http_thread.start()
+        deadline = time.monotonic() + 30
+        while not self.http_server.started and time.monotonic() < deadline:
+            if not self.http_thread.is_alive():
+                raise OSError(f"HTTP server could not start on port {self.settings.http_port}")
+            time.sleep(0.05)
+        logger.info("HTTP on %s:%s", self.settings.bind, self.http_port)
+
+    def stop(self, timeout: float = 60) -> None:
+        """Stop taking new work, let work in flight finish (it is persisted either way)."""
+        logger.info("stopping")
+        if self.http_server is not None:
+            self.http_server.should_exit = True
+            if self.http_thread is not None:
+                self.http_thread.join(10)
+        if self.scp is not None:
+            self.scp.shutdown()
+        self.stop_event.set()
+        self.intake.wake.set()
+        self.sender.wake.set()
+        deadline = time.monotonic() + timeout
+        for thread in [*self.workers, self.sender]:
+            if thread.is_alive():
+                thread.join(max(0.0, deadline - time.monotonic()))
+        logger.info("stopped")
+
+    def serve_forever(self) -> None:
+        """Run until SIGTERM or SIGINT."""
+        done = threading.Event()
+
+        def _signal(signum: int, frame: FrameType | None) -> None:
+            logger.info("signal %d received", signum)
+            done.set()
+
+        signal.signal(signal.SIGTERM, _signal)
+        signal.signal(signal.SIGINT, _signal)
+        self.start()
+        if self.settings.http_port is not None:
+            self.start_http()
+        print(f"cxr-node ready: DICOM {self.settings.ae_title}@{self.settings.bind}:"
+              f"{self.dicom_port}, HTTP {self.http_port}", flush=True)
+        done.wait()
+        self.stop()

@@ -1,0 +1,170 @@
+"""The node's settings: one pydantic ``BaseSettings``.
+
+Precedence, highest first: command-line flags > environment (``CXR_NODE_<NAME>``, lists and
+tables as JSON) > TOML config file (``--config FILE``) > defaults.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar
+
+from pydantic import Field, field_validator
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+_AE_RE = re.compile(r"^[\x20-\x5b\x5d-\x7e]{1,16}$")  # PS3.5 AE: 16 chars, no backslash
+
+
+@dataclass(frozen=True)
+class Peer:
+    """A DICOM application entity: AE title, host and port."""
+
+    ae_title: str
+    host: str
+    port: int
+
+    @classmethod
+    def parse(cls, text: str) -> Peer:
+        """Parse ``AE@HOST:PORT``."""
+        m = re.match(r"^(?P<ae>[^@]+)@(?P<host>\[[^\]]+\]|[^:]+):(?P<port>\d+)$", text.strip())
+        if not m:
+            raise ValueError(f"destination {text!r} is not AE@HOST:PORT")
+        ae, port = m.group("ae").strip(), int(m.group("port"))
+        check_ae_title(ae)
+        if not 0 < port < 65536:
+            raise ValueError(f"port {port} in {text!r} is out of range")
+        return cls(ae, m.group("host").strip("[]"), port)
+
+    def __str__(self) -> str:
+        return f"{self.ae_title}@{self.host}:{self.port}"
+
+
+def check_ae_title(ae: str) -> str:
+    if not _AE_RE.match(ae) or not ae.strip():
+        raise ValueError(f"AE title {ae!r} must be 1-16 printable characters without backslash")
+    return ae
+
+
+class Settings(BaseSettings):
+    """Everything ``cxr-node serve`` can be told. See README "Configuration"."""
+
+    model_config = SettingsConfigDict(env_prefix="CXR_NODE_", extra="forbid")
+    _config_file: ClassVar[Path | None] = None
+
+    # identity and network
+    ae_title: str = Field("CXRNODE", description="the node's AE title")
+    bind: str = Field("0.0.0.0", description="address the DICOM and HTTP ports listen on")
+    dicom_port: int = Field(11112, ge=0, le=65535)
+    http_port: int | None = Field(8000, ge=0, le=65535, description="HTTP port; none: no HTTP")
+    # model
+    model: str = Field("densenet121-res224-pc", description="weights file or named weights")
+    card: Path | None = None
+    weights_cache: Path | None = None
+    explain: str = Field("gradcam", description="gradcam, gradcampp, shap or none")
+    # storage and queue
+    spool: Path = Field(Path("spool"), description="spool folder (received images, queue, outbox)")
+    spool_quota_mb: float | None = Field(None, gt=0, description="largest spool size")
+    min_free_mb: float = Field(256, ge=0, description="refuse images when less disk is free")
+    purge_delivered: bool = Field(True, description="delete files once all results are sent")
+    # processing
+    workers: int = Field(1, ge=1, le=32)
+    batch_size: int = Field(8, ge=1, le=256)
+    max_queue_delay_ms: float = Field(20, ge=0, le=10_000)
+    threads: int | None = Field(None, ge=1)
+    # sending results
+    destinations: list[str] = Field(default_factory=list, description="AE@HOST:PORT")
+    peers: dict[str, str] = Field(default_factory=dict,
+                                  description="calling AE title -> HOST:PORT to send results back")
+    dicomweb_destinations: list[str] = Field(
+        default_factory=list, description="DICOMweb STOW-RS base URLs to store results to")
+    retry_max_attempts: int = Field(8, ge=1)
+    retry_initial_s: float = Field(2.0, gt=0)
+    retry_max_s: float = Field(300.0, gt=0)
+    # HTTP
+    http_token: str | None = Field(None, description="bearer token every HTTP route but "
+                                   "/healthz requires; none: no authentication")
+    http_max_body_mb: float = Field(64, gt=0, description="largest HTTP request body")
+    max_queue_depth: int = Field(512, ge=1, description="jobs waiting before HTTP answers 503")
+    score_timeout_s: float = Field(120, gt=0)
+    # limits
+    max_associations: int = Field(16, ge=1)
+    max_pdu: int = Field(65536, ge=0)
+    network_timeout_s: float = Field(60, gt=0)
+
+    @field_validator("ae_title")
+    @classmethod
+    def _ae(cls, v: str) -> str:
+        return check_ae_title(v)
+
+    @field_validator("explain")
+    @classmethod
+    def _explain(cls, v: str) -> str:
+        allowed = ("gradcam", "gradcampp", "shap", "none")
+        if v not in allowed:
+            raise ValueError(f"explain {v!r}: use one of {allowed}")
+        return v
+
+    @field_validator("destinations")
+    @classmethod
+    def _destinations(cls, v: list[str]) -> list[str]:
+        for item in v:
+            Peer.parse(item)
+        return v
+
+    @field_validator("dicomweb_destinations")
+    @classmethod
+    def _urls(cls, v: list[str]) -> list[str]:
+        for url in v:
+            if not re.match(r"^https?://[^/\s]+", url):
+                raise ValueError(f"DICOMweb destination {url!r} is not an http(s) URL")
+        return v
+
+    @field_validator("peers")
+    @classmethod
+    def _peers(cls, v: dict[str, str]) -> dict[str, str]:
+        for ae, address in v.items():
+            Peer.parse(f"{ae}@{address}")
+        return v
+
+    @property
+    def destination_peers(self) -> list[Peer]:
+        return [Peer.parse(d) for d in self.destinations]
+
+    def peer_for(self, calling_ae: str) -> Peer | None:
+        """Where to send results back to a sender, if its AE title is listed under peers."""
+        address = self.peers.get(calling_ae.strip())
+        return Peer.parse(f"{calling_ae.strip()}@{address}") if address else None
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        if cls._config_file is not None:
+            sources.append(TomlConfigSettingsSource(settings_cls, toml_file=cls._config_file))
+        return tuple(sources)
+
+    @classmethod
+    def load(cls, config_file: Path | None = None, **flags: Any) -> Settings:
+        """Settings from ``flags`` (only those given) > environment > ``config_file``."""
+        if config_file is not None and not Path(config_file).is_file():
+            raise ValueError(f"config file {config_file} does not exist")
+        given = {k: v for k, v in flags.items() if v is not None and v != []}
+        previous = cls._config_file
+        cls._config_file = Path(config_file) if config_file else None
+        try:
+            return cls(**given)
+        finally:
+            cls._config_file = previous

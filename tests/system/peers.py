@@ -1,0 +1,225 @@
+"""Real DICOM peers for system tests: dcmtk's storescp, the node as a process, Orthanc."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pydicom
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_port(port: int, timeout: float = 60, proc: subprocess.Popen | None = None) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"process exited with {proc.returncode} before port {port} opened")
+        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.5):
+            return
+        time.sleep(0.1)
+    raise TimeoutError(f"port {port} did not open in {timeout} s")
+
+
+def stop_process(proc: subprocess.Popen, sig: int = signal.SIGTERM, timeout: float = 30) -> int:
+    if proc.poll() is None:
+        proc.send_signal(sig)
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+    return int(proc.returncode)
+
+
+@dataclass
+class Receiver:
+    """dcmtk ``storescp`` acting as the PACS: every object it gets lands in ``folder``."""
+
+    ae_title: str
+    port: int
+    folder: Path
+    proc: subprocess.Popen | None = None
+
+    @property
+    def address(self) -> str:
+        return f"{self.ae_title}@127.0.0.1:{self.port}"
+
+    def start(self) -> Receiver:
+        self.folder.mkdir(parents=True, exist_ok=True)
+        self.proc = subprocess.Popen(
+            ["storescp", "+xa", "+uf", "-fe", ".dcm", "-aet", self.ae_title, "-od",
+             str(self.folder), str(self.port)],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        wait_port(self.port, 30, self.proc)
+        return self
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            stop_process(self.proc)
+            self.proc = None
+
+    def files(self) -> list[Path]:
+        return sorted(self.folder.glob("*.dcm"))
+
+    def received(self) -> list[pydicom.Dataset]:
+        out = []
+        for f in self.files():
+            with contextlib.suppress(Exception):
+                out.append(pydicom.dcmread(f, stop_before_pixels=True))
+        return out
+
+    def wait_for(self, count: int, timeout: float = 120) -> list[pydicom.Dataset]:
+        """Wait until ``count`` distinct SOP instances have arrived."""
+        deadline = time.monotonic() + timeout
+        while True:
+            got = self.received()
+            if len({str(ds.SOPInstanceUID) for ds in got}) >= count:
+                return got
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{len(got)} object(s) of {count} arrived in {timeout} s")
+            time.sleep(0.25)
+
+
+@dataclass
+class NodeProcess:
+    """``cxr-node serve`` as a real process on free ports."""
+
+    spool: Path
+    model: Path
+    destinations: list[str]
+    explain: str = "gradcam"
+    ae_title: str = "CXRNODE"
+    extra: tuple[str, ...] = ()
+    dicom_port: int = 0
+    http_port: int = 0
+    proc: subprocess.Popen | None = None
+    log: Path | None = None
+
+    def start(self, timeout: float = 120) -> NodeProcess:
+        if not self.dicom_port:
+            self.dicom_port = free_port()
+        if not self.http_port:
+            self.http_port = free_port()
+        exe = Path(sys.executable).with_name("cxr-node")
+        cmd = [str(exe), "-v", "serve", "--bind", "127.0.0.1",
+               "--dicom-port", str(self.dicom_port), "--http-port", str(self.http_port),
+               "--ae-title", self.ae_title, "--model", str(self.model),
+               "--spool", str(self.spool), "--explain", self.explain,
+               "--retry-initial-s", "0.5", *self.extra]
+        for d in self.destinations:
+            cmd += ["--destination", d]
+        self.log = self.spool.parent / f"{self.spool.name}-node.log"
+        log = self.log.open("ab")
+        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
+        wait_port(self.dicom_port, timeout, self.proc)
+        wait_port(self.http_port, timeout, self.proc)
+        return self
+
+    def kill9(self) -> None:
+        assert self.proc is not None
+        self.proc.kill()
+        self.proc.wait()
+
+    def stop(self) -> int:
+        return stop_process(self.proc) if self.proc is not None else 0
+
+    def log_text(self) -> str:
+        return self.log.read_text(errors="replace") if self.log and self.log.exists() else ""
+
+
+def storescu(port: int, files: list[Path], called: str = "CXRNODE", calling: str = "MODALITY",
+             extra: tuple[str, ...] = ()) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        ["storescu", "-aec", called, "-aet", calling, *extra, "127.0.0.1", str(port),
+         *map(str, files)], capture_output=True, text=True, timeout=600)
+
+
+def dciodvfy_errors(path: Path) -> list[str]:
+    proc = subprocess.run(["dciodvfy", str(path)], capture_output=True, text=True, timeout=120)
+    return [line for line in (proc.stdout + proc.stderr).splitlines() if line.startswith("Error")]
+
+
+@dataclass
+class Orthanc:
+    """Orthanc with its DICOMweb plugin, on free ports, with a throw-away storage folder."""
+
+    folder: Path
+    http_port: int = 0
+    dicom_port: int = 0
+    ae_title: str = "ORTHANC"
+    proc: subprocess.Popen | None = None
+
+    def start(self, modalities: dict[str, list] | None = None) -> Orthanc:
+        self.http_port = self.http_port or free_port()
+        self.dicom_port = self.dicom_port or free_port()
+        self.folder.mkdir(parents=True, exist_ok=True)
+        plugin = "/usr/share/orthanc/plugins/libOrthancDicomWeb.so"
+        config = {
+            "Name": "cxr-node-test", "StorageDirectory": str(self.folder / "db"),
+            "IndexDirectory": str(self.folder / "db"), "HttpPort": self.http_port,
+            "DicomPort": self.dicom_port, "DicomAet": self.ae_title,
+            "RemoteAccessAllowed": False, "AuthenticationEnabled": False,
+            "DicomModalities": modalities or {}, "DicomAlwaysAllowStore": True,
+            "DicomCheckCalledAet": False, "Plugins": [plugin] if Path(plugin).exists() else [],
+            "DicomWeb": {"Enable": True, "Root": "/dicom-web/"},
+            "HttpServerEnabled": True, "StableAge": 1, "ConcurrentJobs": 2,
+        }
+        path = self.folder / "orthanc.json"
+        path.write_text(json.dumps(config))
+        self.proc = subprocess.Popen(["Orthanc", str(path)], stdout=subprocess.DEVNULL,
+                                     stderr=(self.folder / "orthanc.log").open("ab"))
+        wait_port(self.http_port, 60, self.proc)
+        wait_port(self.dicom_port, 60, self.proc)
+        return self
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            stop_process(self.proc)
+            self.proc = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.http_port}"
+
+    def get(self, path: str):
+        with urllib.request.urlopen(self.url + path, timeout=30) as r:
+            return json.loads(r.read())
+
+    def post(self, path: str, body: bytes | dict, content_type: str = "application/json"):
+        data = json.dumps(body).encode() if isinstance(body, dict) else body
+        req = urllib.request.Request(self.url + path, data=data, method="POST",
+                                     headers={"Content-Type": content_type})
+        with urllib.request.urlopen(req, timeout=120) as r:
+            text = r.read()
+        return json.loads(text) if text else None
+
+    def put(self, path: str, body: dict):
+        req = urllib.request.Request(self.url + path, data=json.dumps(body).encode(),
+                                     method="PUT", headers={"Content-Type": "application/json"})
+        with urllib.request.urlopen(req, timeout=30) as r:
+            return r.read()
+
+
+@contextlib.contextmanager
+def running(*peers) -> Iterator[None]:
+    try:
+        yield
+    finally:
+        for p in peers:
+            p.stop()
