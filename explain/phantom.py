@@ -49,12 +49,18 @@ def chest_phantom(rows: int, columns: int, rng: np.random.Generator) -> np.ndarr
 
 
 def add_disc(image: np.ndarray, centre: tuple[float, float], radius: float,
-             contrast: float) -> np.ndarray:
-    """``image`` (float, display scale) plus a soft-edged disc of height ``contrast``."""
+             contrast: float, width: float | None = None) -> np.ndarray:
+    """``image`` (float, display scale) plus a soft-edged disc of height ``contrast``.
+
+    With ``width``, a ring of that width instead (the decoy: same edge, hollow inside).
+    """
     rows, columns = image.shape
     y, x = np.ogrid[:rows, :columns]
     dist = np.sqrt((y - centre[0]) ** 2 + (x - centre[1]) ** 2)
-    return image + (np.clip(radius + 0.5 - dist, 0, 1) * contrast).astype(image.dtype)
+    shape = np.clip(radius + 0.5 - dist, 0, 1)
+    if width is not None:
+        shape = shape * np.clip(dist - (radius - width) + 0.5, 0, 1)
+    return image + (shape * contrast).astype(image.dtype)
 
 
 @dataclass(frozen=True)
@@ -88,11 +94,14 @@ def to_model_input(image01: np.ndarray) -> np.ndarray:
 
 def disc_batch(n: int, rng: np.random.Generator, backgrounds: Sequence[np.ndarray], *,
                radius: tuple[float, float] = (9, 18),
-               contrast: tuple[float, float] = (0.25, 0.45)) -> tuple[np.ndarray, np.ndarray]:
+               contrast: tuple[float, float] = (0.25, 0.45),
+               decoys: float = 0.5) -> tuple[np.ndarray, np.ndarray]:
     """``n`` model inputs ``(n, 1, size, size)`` and targets ``(n, 2)``: half with a disc.
 
     Each image is one of ``backgrounds`` (display images in ``[0, 1]``, all ``size`` x
     ``size``: phantoms or real radiographs), randomly flipped, with brightness and noise jitter.
+    With probability ``decoys`` an image (with or without a disc) also gets a bright ring: the
+    network must then look at the disc's inside, not only at a bright edge.
     """
     size = int(backgrounds[0].shape[0])
     x = np.empty((n, 1, size, size), np.float32)
@@ -102,6 +111,10 @@ def disc_batch(n: int, rng: np.random.Generator, backgrounds: Sequence[np.ndarra
         img = img[:, ::-1] if rng.uniform() < 0.5 else img
         img = img * rng.uniform(0.85, 1.1) + rng.uniform(-0.05, 0.05)
         img = img + rng.normal(0, 0.01, img.shape)
+        if rng.uniform() < decoys:
+            ring = random_disc(size, size, rng, radius)
+            img = add_disc(img, (ring.row, ring.column), ring.radius, rng.uniform(*contrast),
+                           width=rng.uniform(2, 4))
         has_disc = i % 2 == 0
         if has_disc:
             disc = random_disc(size, size, rng, radius)
@@ -113,7 +126,7 @@ def disc_batch(n: int, rng: np.random.Generator, backgrounds: Sequence[np.ndarra
 
 def train_disc_detector(model: torch.nn.Module, *, steps: int = 150, batch_size: int = 16,
                         lr: float = 2e-3, seed: int = 0, size: int = 224,
-                        phantoms: int = 48,
+                        phantoms: int = 48, radius: tuple[float, float] = (9, 18),
                         backgrounds: Sequence[np.ndarray] = ()) -> torch.nn.Module:
     """Train ``model`` (2 logits: :data:`DISC_LABELS`) to find discs; returns it in eval mode.
 
@@ -128,7 +141,7 @@ def train_disc_detector(model: torch.nn.Module, *, steps: int = 150, batch_size:
     optimiser = torch.optim.Adam(model.parameters(), lr=lr)
     loss_fn = torch.nn.BCEWithLogitsLoss()
     for step in range(steps):
-        x, y = disc_batch(batch_size, rng, pool)
+        x, y = disc_batch(batch_size, rng, pool, radius=radius)
         optimiser.zero_grad()
         loss = loss_fn(model(torch.from_numpy(x)), torch.from_numpy(y))
         loss.backward()

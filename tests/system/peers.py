@@ -105,6 +105,7 @@ class NodeProcess:
     explain: str = "gradcam"
     ae_title: str = "CXRNODE"
     extra: tuple[str, ...] = ()
+    env: dict[str, str] | None = None
     dicom_port: int = 0
     http_port: int = 0
     proc: subprocess.Popen | None = None
@@ -125,11 +126,15 @@ class NodeProcess:
             cmd += ["--destination", d]
         self.log = self.spool.parent / f"{self.spool.name}-node.log"
         log = self.log.open("ab")
-        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        env = {**os.environ, "PYTHONUNBUFFERED": "1", **(self.env or {})}
         self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
         wait_port(self.dicom_port, timeout, self.proc)
         wait_port(self.http_port, timeout, self.proc)
         return self
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.http_port}"
 
     def kill9(self) -> None:
         assert self.proc is not None

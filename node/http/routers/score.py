@@ -47,9 +47,17 @@ def wants_dicom(accept: str) -> bool:
     return "multipart/related" in accept and "application/dicom" in accept
 
 
+DICOM_BODY = {"requestBody": {"required": True, "content": {
+    "application/dicom": {"schema": {"type": "string", "format": "binary"}},
+    "multipart/form-data": {"schema": {"type": "object", "required": ["image"], "properties": {
+        "image": {"type": "string", "format": "binary"}}}},
+}}}
+
+
 @router.post(
     "/score",
     summary="score one chest radiograph (DICOM)",
+    openapi_extra=DICOM_BODY,
     responses={400: {"description": "not a readable image"}, 401: {"description": "no token"},
                413: {"description": "too large"}, 415: {"description": "wrong media type"},
                422: {"description": "declined by the input gate"},

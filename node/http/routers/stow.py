@@ -96,11 +96,17 @@ async def _stow(request: Request, study: str | None) -> JSONResponse:
     return JSONResponse(response, status_code=status, media_type="application/dicom+json")
 
 
-@router.post("/studies", summary="STOW-RS: store instances")
+STOW_BODY = {"requestBody": {"required": True, "content": {
+    'multipart/related; type="application/dicom"': {
+        "schema": {"type": "string", "format": "binary"}}}}}
+
+
+@router.post("/studies", summary="STOW-RS: store instances", openapi_extra=STOW_BODY)
 async def stow(request: Request) -> JSONResponse:
     return await _stow(request, None)
 
 
-@router.post("/studies/{study}", summary="STOW-RS: store instances of one study")
+@router.post("/studies/{study}", summary="STOW-RS: store instances of one study",
+             openapi_extra=STOW_BODY)
 async def stow_study(study: str, request: Request) -> JSONResponse:
     return await _stow(request, study)

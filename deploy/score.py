@@ -1,0 +1,238 @@
+"""Azure ML entry script: the node's ``POST /score`` behind the Azure ML inference server.
+
+Run by ``azmlinfsrv --entry_script deploy/score.py`` (the Docker image, a local test) or by an
+Azure ML deployment (``deploy/aci.py``). ``init()`` loads the weights and model card found in
+``AZUREML_MODEL_DIR`` (rule: :mod:`deploy.modeldir`); ``run()`` answers
+
+* ``POST``: one DICOM radiograph, as the raw body (``application/dicom`` or
+  ``application/octet-stream``) or as multipart form field ``image``; the answer is the JSON
+  of the node's ``POST /score`` (:func:`node.scoring.score_document`), built by the same core.
+  ``?explain=gradcam|gradcampp|shap`` adds the explanation with its overlay, as ``/score``.
+* ``GET``: the model card (JSON).
+
+Errors are JSON ``{"error", "reason", "code"}`` with a 4xx status, never a 200: 400 not a
+readable image, 413 body over ``CXR_NODE_HTTP_MAX_BODY_MB`` (default 64), 415 other media
+types, 422 declined by the input gate (lateral view, not a chest radiograph...) or an invalid
+request (unknown ``explain``, no ``image`` field); 500 only for a fault of the service.
+
+Environment: ``AZUREML_MODEL_DIR`` (set by Azure and azmlinfsrv), ``CXR_NODE_MODEL_FILE`` and
+``CXR_NODE_MODEL_CARD`` (see :mod:`deploy.modeldir`), ``CXR_NODE_HTTP_MAX_BODY_MB``,
+``CXR_NODE_DEVICE`` (``cpu``, ``cuda``; default ``cuda`` when available), ``CXR_NODE_THREADS``
+(PyTorch threads per worker; default all cores).
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import os
+import threading
+import time
+from typing import Any
+
+from azureml.contrib.services.aml_request import AMLRequest, rawhttp
+from azureml.contrib.services.aml_response import AMLResponse
+from werkzeug.wrappers import Request
+
+from deploy.modeldir import find_card, find_weights
+from dicom_io import DeclinedError, DicomIOError, SourceImage, from_dataset
+from inference import LoadedModel, configure_threads, load_model
+from node.pipeline import Pipeline
+from node.scoring import score_document, validate_upload
+
+logger = logging.getLogger(__name__)
+
+DICOM_TYPES = ("application/dicom", "application/octet-stream")
+EXPLAIN_METHODS = ("none", "gradcam", "gradcampp", "shap")
+MAX_BODY_ENV = "CXR_NODE_HTTP_MAX_BODY_MB"
+DEFAULT_MAX_BODY_MB = 64.0
+#: On a 413, read and drop at most this much of the body so that the client gets the answer
+#: instead of a connection reset; a larger body is cut off.
+DRAIN_MAX_BYTES = 256 * 2**20
+CHUNK = 1 << 16
+
+model: LoadedModel | None = None
+pipeline: Pipeline | None = None
+max_body = int(DEFAULT_MAX_BODY_MB * 2**20)
+_lock = threading.Lock()
+
+
+class HttpError(Exception):
+    """A request the service refuses: HTTP ``status``, ``error`` kind, ``reason`` and ``code``."""
+
+    def __init__(self, status: int, error: str, reason: str, code: str | None = None) -> None:
+        super().__init__(reason)
+        self.status, self.error, self.reason, self.code = status, error, reason, code or error
+
+
+def body_limit() -> int:
+    """The largest request body in bytes, from ``CXR_NODE_HTTP_MAX_BODY_MB``."""
+    value = os.environ.get(MAX_BODY_ENV, "").strip()
+    try:
+        mb = float(value) if value else DEFAULT_MAX_BODY_MB
+    except ValueError:
+        raise ValueError(f"{MAX_BODY_ENV}={value!r} is not a number of MiB") from None
+    if mb <= 0:
+        raise ValueError(f"{MAX_BODY_ENV}={value!r} must be > 0")
+    return int(mb * 2**20)
+
+
+def _device() -> str:
+    device = os.environ.get("CXR_NODE_DEVICE", "").strip().lower()
+    if device:
+        return device
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def _configure_logging() -> None:
+    """Send this script's and the core's log records to the server's log stream.
+
+    azmlinfsrv configures only its own loggers; without this the core's INFO records (model
+    loaded, refusals) would be dropped. A logging set-up of the user's (root handlers) wins.
+    """
+    if logging.getLogger().handlers:
+        return
+    handlers = logging.getLogger("azmlinfsrv").handlers or [logging.StreamHandler()]
+    level = os.environ.get("AZUREML_LOG_LEVEL", "INFO").upper()
+    for name in (__name__, "deploy", "dicom_io", "explain", "inference", "node"):
+        named = logging.getLogger(name)
+        if not named.handlers:
+            named.handlers = list(handlers)
+            named.setLevel(level)
+            named.propagate = False
+
+
+def init() -> None:
+    """Load the model in ``AZUREML_MODEL_DIR`` and build the pipeline (once per worker)."""
+    global model, pipeline, max_body
+    _configure_logging()
+    model_dir = os.environ.get("AZUREML_MODEL_DIR")
+    if not model_dir:
+        raise RuntimeError("AZUREML_MODEL_DIR is not set: no model folder to load")
+    max_body = body_limit()
+    weights = find_weights(model_dir)
+    card = find_card(model_dir, weights)
+    threads = os.environ.get("CXR_NODE_THREADS")
+    configure_threads(int(threads) if threads else None)
+    model = load_model(weights, card=card, device=_device())
+    pipeline = Pipeline(model, method="none", build_dicom=False)
+    logger.info("serving %s %s (sha256 %s) from %s; card %s; body limit %d bytes",
+                model.card.name, model.card.version, model.sha256[:12], weights.name,
+                card.name if card else "built from the checkpoint", max_body)
+
+
+def _error(e: HttpError) -> AMLResponse:
+    return AMLResponse({"error": e.error, "reason": e.reason, "code": e.code}, e.status,
+                       json_str=True)
+
+
+def _drain(stream: Any, budget: int) -> None:
+    """Read and drop what is left of a refused body, up to ``budget`` bytes."""
+    try:
+        while budget > 0 and (chunk := stream.read(min(CHUNK, budget))):
+            budget -= len(chunk)
+    except Exception:  # the client went away: nothing left to answer
+        return
+
+
+def read_body(request: AMLRequest, limit: int) -> bytes:
+    """The request body, refusing (413) one over ``limit`` bytes without keeping it."""
+    length = request.content_length
+    if length is not None and length > limit:
+        if length <= DRAIN_MAX_BYTES:
+            _drain(request.stream, length)
+        raise HttpError(413, "too-large", f"body of {length} bytes exceeds {limit}")
+    stream = request.stream
+    chunks: list[bytes] = []
+    size = 0
+    while chunk := stream.read(CHUNK):
+        size += len(chunk)
+        if size > limit:
+            _drain(stream, DRAIN_MAX_BYTES)
+            raise HttpError(413, "too-large", f"body exceeds {limit} bytes")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def upload_bytes(request: AMLRequest, limit: int) -> bytes:
+    """The DICOM file of a request: the raw body, or multipart form field ``image``."""
+    content_type = request.mimetype
+    if content_type == "multipart/form-data":
+        body = read_body(request, limit)
+        form = Request.from_values(input_stream=io.BytesIO(body), content_length=len(body),
+                                   content_type=request.content_type, method="POST")
+        image = form.files.get("image")
+        if image is None:
+            raise HttpError(422, "invalid-request", "multipart form field 'image' is missing")
+        return image.read()
+    if content_type not in DICOM_TYPES:
+        raise HttpError(415, "unsupported-media-type",
+                        f"Content-Type {request.content_type or 'absent'}: send "
+                        "application/dicom or multipart/form-data with field 'image'")
+    return read_body(request, limit)
+
+
+def explain_method(request: AMLRequest) -> str:
+    """The ``explain`` query parameter, checked."""
+    method = request.args.get("explain", "none")
+    if method not in EXPLAIN_METHODS:
+        raise HttpError(422, "invalid-request",
+                        f"explain {method!r}: use one of {', '.join(EXPLAIN_METHODS)}")
+    return method
+
+
+def decode(data: bytes) -> SourceImage:
+    """Parse, gate and decode an upload as the node does (``DicomIOError`` when refused)."""
+    try:
+        return from_dataset(validate_upload(data), name="request")
+    except DicomIOError:
+        raise
+    except Exception as e:  # pydicom raises many types for corrupt files
+        raise DicomIOError("corrupt", f"{type(e).__name__}: {e}") from e
+
+
+def score_image(image: SourceImage, explain: str) -> dict:
+    """Score one image through the pipeline; the ``/score`` document."""
+    assert model is not None and pipeline is not None, "init() has not run"
+    with _lock:
+        scored = pipeline.score([image])[0]
+        outcome = pipeline.complete(scored, method=explain, build_dicom=False)
+        return score_document(model, outcome, explain != "none")
+
+
+def _score(request: AMLRequest) -> dict:
+    explain = explain_method(request)
+    data = upload_bytes(request, max_body)
+    try:
+        image = decode(data)
+    except DeclinedError as e:
+        raise HttpError(422, "declined", e.reason, e.code) from None
+    except DicomIOError as e:
+        raise HttpError(400, "invalid-input", e.reason, e.code) from None
+    return score_image(image, explain)
+
+
+@rawhttp
+def run(request: AMLRequest) -> AMLResponse:
+    """Answer one request: POST scores an image, GET returns the model card."""
+    assert model is not None, "init() has not run"
+    if request.method == "GET":
+        return AMLResponse(model.card.to_dict(), 200, json_str=True)
+    if request.method == "OPTIONS":
+        return AMLResponse("", 204, {"Allow": "GET, POST, OPTIONS"})
+    if request.method != "POST":
+        return _error(HttpError(405, "method-not-allowed",
+                                f"{request.method}: use POST (score) or GET (model card)"))
+    start = time.perf_counter()
+    try:
+        document = _score(request)
+    except HttpError as e:
+        logger.info("refused %d %s", e.status, e.code)
+        return _error(e)
+    except Exception as e:
+        logger.exception("scoring failed")
+        return _error(HttpError(500, "internal-error", type(e).__name__))
+    logger.info("scored in %.0f ms", (time.perf_counter() - start) * 1000)
+    return AMLResponse(document, 200, json_str=True)
