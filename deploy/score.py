@@ -92,6 +92,7 @@ def _configure_logging() -> None:
     azmlinfsrv configures only its own loggers; without this the core's INFO records (model
     loaded, refusals) would be dropped. A logging set-up of the user's (root handlers) wins.
     """
+    import sys; print("ROOT", logging.getLogger().handlers, logging.getLogger().level, file=sys.stderr)
     if logging.getLogger().handlers:
         return
     handlers = logging.getLogger("azmlinfsrv").handlers or [logging.StreamHandler()]

@@ -68,3 +68,42 @@ def parity(reference: LoadedModel, other: LoadedModel, n: int = 4) -> float:
     """Largest absolute probability difference between two models on the same inputs."""
     x = _example(reference, n).numpy()
     return float(np.max(np.abs(reference.probabilities(x) - other.probabilities(x))))
+
+
+def enable_onnx_fast_path(model: LoadedModel, cache_dir: str | Path,
+                          tolerance: float = PARITY_TOLERANCE) -> bool:
+    """Predict with ONNX Runtime when the exported model agrees within ``tolerance``.
+
+    The export is cached in ``cache_dir`` under the weights' sha256. The eager module stays
+    for explanations. Returns whether the fast path is on; when the export fails or
+    disagrees, the model keeps predicting with PyTorch and the log says why.
+    """
+    from inference.factory import _onnx_session
+
+    if model.backend != "torch" or model.module is None or model.session is not None:
+        return model.session is not None
+    path = Path(cache_dir) / f"{model.sha256}.onnx"
+    try:
+        if not path.is_file():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_suffix(".onnx.part")
+            export_onnx(model, tmp)
+            tmp.with_name(tmp.name + ".card.json").unlink(missing_ok=True)
+            tmp.replace(path)
+        session = _onnx_session(path)
+    except Exception as e:
+        logger.warning("ONNX export failed (%s); predicting with PyTorch", e)
+        return False
+    x = _example(model, 4).numpy()
+    reference = model.probabilities(x)
+    model.session = session
+    model._input_name = session.get_inputs()[0].name
+    difference = float(np.max(np.abs(model.probabilities(x) - reference)))
+    if difference > tolerance:
+        model.session = None
+        logger.warning("ONNX Runtime differs from PyTorch by %.2g (> %.0e); predicting with "
+                       "PyTorch", difference, tolerance)
+        return False
+    model.backend = "torch+onnxruntime"
+    logger.info("prediction by ONNX Runtime (max difference %.1e from PyTorch)", difference)
+    return True

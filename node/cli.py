@@ -60,6 +60,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int)
     p.add_argument("--max-queue-delay-ms", type=float)
     p.add_argument("--threads", type=int)
+    p.add_argument("--onnx-fast-path", action=argparse.BooleanOptionalAction, default=None,
+                   help="predict with ONNX Runtime when it matches PyTorch (default on)")
+    p.add_argument("--allow-calling-ae", action="append", dest="allowed_calling_aes",
+                   metavar="AE", help="only these calling AE titles may associate (repeatable)")
+    p.add_argument("--tls-cert", type=Path, help="PEM certificate: DIMSE and HTTP over TLS")
+    p.add_argument("--tls-key", type=Path)
+    p.add_argument("--tls-ca", type=Path, help="CA bundle for client certificates")
+    p.add_argument("--tls-require-client-cert", action="store_true", default=None)
+    p.add_argument("--max-associations", type=int)
     p.add_argument("--retry-max-attempts", type=int)
     p.add_argument("--retry-initial-s", type=float)
     p.set_defaults(func=cmd_serve)

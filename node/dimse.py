@@ -81,6 +81,9 @@ def make_scp(settings: Settings, intake: Intake) -> AE:
     """An AE ready to ``start_server`` with the node's contexts, limits and timeouts."""
     ae = AE(ae_title=settings.ae_title)
     ae.require_called_aet = True
+    if settings.allowed_calling_aes:
+        # rejected-permanent, reason "calling AE title not recognised" (PS3.8 9.3.4)
+        ae.require_calling_aet = list(settings.allowed_calling_aes)
     ae.maximum_associations = settings.max_associations
     ae.maximum_pdu_size = settings.max_pdu
     ae.network_timeout = settings.network_timeout_s

@@ -57,6 +57,10 @@ class Node:
         configure_threads(s.threads)
         if self.model is None:
             self.model = load_model(s.model, card=s.card, cache_dir=s.weights_cache)
+        if s.onnx_fast_path:
+            from inference.export import enable_onnx_fast_path
+
+            enable_onnx_fast_path(self.model, s.spool / "onnx-cache")
         self.pipeline = Pipeline(self.model, s.explain, batch_size=s.batch_size)
         recovered = self.intake.recover()
         if recovered:
@@ -69,7 +73,8 @@ class Node:
         self.sender.start()
         self.scp = make_scp(s, self.intake)
         self.server = self.scp.start_server((s.bind, s.dicom_port), block=False,
-                                            evt_handlers=scp_handlers(self.intake))
+                                            evt_handlers=scp_handlers(self.intake),
+                                            ssl_context=s.server_ssl_context())
         self.ready.set()
         logger.info("%s listening for DICOM on %s:%d (model %s %s, sha256 %s)", s.ae_title,
                     s.bind, self.dicom_port, self.model.card.name, self.model.card.version,
@@ -87,9 +92,20 @@ class Node:
 
         from node.http import create_app
 
-        config = uvicorn.Config(create_app(self), host=self.settings.bind,
-                                port=self.settings.http_port, log_level="warning",
-                                timeout_keep_alive=30, access_log=False)
+        s = self.settings
+        tls = {}
+        if s.tls_cert is not None:
+            import ssl
+
+            tls = {"ssl_certfile": str(s.tls_cert), "ssl_keyfile": str(s.tls_key)}
+            if s.tls_ca is not None:
+                tls["ssl_ca_certs"] = str(s.tls_ca)
+                tls["ssl_cert_reqs"] = (ssl.CERT_REQUIRED if s.tls_require_client_cert
+                                        else ssl.CERT_OPTIONAL)
+        config = uvicorn.Config(create_app(self), host=s.bind, port=s.http_port,
+                                log_level="warning", timeout_keep_alive=30, access_log=False,
+                                limit_concurrency=max(64, 4 * s.max_associations),
+                                h11_max_incomplete_event_size=64 * 1024, **tls)
         self.http_server = uvicorn.Server(config)
         self.http_thread = threading.Thread(target=self.http_server.run, name="http",
                                             daemon=True)

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -68,6 +68,8 @@ class Settings(BaseSettings):
     card: Path | None = None
     weights_cache: Path | None = None
     explain: str = Field("gradcam", description="gradcam, gradcampp, shap or none")
+    onnx_fast_path: bool = Field(True, description="predict with ONNX Runtime when the "
+                                 "export matches PyTorch within 1e-4")
     # storage and queue
     spool: Path = Field(Path("spool"), description="spool folder (received images, queue, outbox)")
     spool_quota_mb: float | None = Field(None, gt=0, description="largest spool size")
@@ -93,6 +95,14 @@ class Settings(BaseSettings):
     http_max_body_mb: float = Field(64, gt=0, description="largest HTTP request body")
     max_queue_depth: int = Field(512, ge=1, description="jobs waiting before HTTP answers 503")
     score_timeout_s: float = Field(120, gt=0)
+    # access control (see README "Security")
+    allowed_calling_aes: list[str] = Field(
+        default_factory=list, description="calling AE titles allowed to associate; empty: any")
+    tls_cert: Path | None = Field(None, description="PEM certificate: DIMSE and HTTP over TLS")
+    tls_key: Path | None = Field(None, description="PEM private key of tls_cert")
+    tls_ca: Path | None = Field(None, description="PEM CA bundle to check client certificates")
+    tls_require_client_cert: bool = Field(False, description="refuse clients without a "
+                                          "certificate signed by tls_ca")
     # limits
     max_associations: int = Field(16, ge=1)
     max_pdu: int = Field(65536, ge=0)
@@ -132,6 +142,38 @@ class Settings(BaseSettings):
         for ae, address in v.items():
             Peer.parse(f"{ae}@{address}")
         return v
+
+    @field_validator("allowed_calling_aes")
+    @classmethod
+    def _allowed(cls, v: list[str]) -> list[str]:
+        return [check_ae_title(ae.strip()) for ae in v]
+
+    @model_validator(mode="after")
+    def _tls(self) -> Settings:
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise ValueError("tls_cert and tls_key go together")
+        for name in ("tls_cert", "tls_key", "tls_ca"):
+            path = getattr(self, name)
+            if path is not None and not Path(path).is_file():
+                raise ValueError(f"{name} {path} is not a file")
+        if self.tls_require_client_cert and (self.tls_ca is None or self.tls_cert is None):
+            raise ValueError("tls_require_client_cert needs tls_cert, tls_key and tls_ca")
+        return self
+
+    def server_ssl_context(self):
+        """The TLS context of the DIMSE server, or ``None`` without a certificate."""
+        import ssl
+
+        if self.tls_cert is None:
+            return None
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+        ctx.load_cert_chain(self.tls_cert, self.tls_key)
+        if self.tls_ca is not None:
+            ctx.load_verify_locations(self.tls_ca)
+            ctx.verify_mode = (ssl.CERT_REQUIRED if self.tls_require_client_cert
+                               else ssl.CERT_OPTIONAL)
+        return ctx
 
     @property
     def destination_peers(self) -> list[Peer]:

@@ -201,3 +201,29 @@ def test_positives_and_top_three_follow_thresholds(loaded_model, cr_path: Path) 
     assert result["model"]["sha256"] == loaded_model.sha256
     expected = max(prediction.positives or prediction.findings, key=lambda f: f.probability)
     assert prediction.default_label() == expected.label
+
+
+def test_onnx_fast_path_predicts_the_same_and_keeps_the_module(
+    tmp_path: Path, whole_model_path: Path, batch: np.ndarray
+) -> None:
+    from inference.export import enable_onnx_fast_path
+
+    eager = load_model(whole_model_path)
+    fast = load_model(whole_model_path)
+    assert enable_onnx_fast_path(fast, tmp_path)
+    assert fast.backend == "torch+onnxruntime" and fast.session is not None
+    assert fast.module is not None  # explanations still need it
+    assert fast.sha256 == eager.sha256
+    np.testing.assert_allclose(fast.probabilities(batch), eager.probabilities(batch), atol=1e-4)
+    assert (tmp_path / f"{eager.sha256}.onnx").is_file()
+    again = load_model(whole_model_path)
+    assert enable_onnx_fast_path(again, tmp_path)  # the cached export is reused
+
+
+def test_onnx_fast_path_refuses_a_model_that_disagrees(tmp_path: Path,
+                                                       whole_model_path: Path) -> None:
+    from inference.export import enable_onnx_fast_path
+
+    model = load_model(whole_model_path)
+    assert not enable_onnx_fast_path(model, tmp_path, tolerance=-1.0)  # nothing can pass
+    assert model.session is None and model.backend == "torch"

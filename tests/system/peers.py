@@ -228,3 +228,31 @@ def running(*peers) -> Iterator[None]:
     finally:
         for p in peers:
             p.stop()
+
+
+@dataclass
+class Certificates:
+    """A throw-away CA with a server certificate (127.0.0.1) and a client certificate."""
+
+    folder: Path
+
+    def path(self, name: str) -> Path:
+        return self.folder / name
+
+    def make(self) -> Certificates:
+        self.folder.mkdir(parents=True, exist_ok=True)
+
+        def run(*args: str) -> None:
+            subprocess.run(["openssl", *args], check=True, capture_output=True, cwd=self.folder)
+
+        run("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj",
+            "/CN=cxr-node test CA", "-keyout", "ca.key", "-out", "ca.crt")
+        for name, extension in (("server", "subjectAltName=IP:127.0.0.1,DNS:localhost"),
+                                ("client", "extendedKeyUsage=clientAuth")):
+            run("req", "-newkey", "rsa:2048", "-nodes", "-subj", f"/CN={name}", "-keyout",
+                f"{name}.key", "-out", f"{name}.csr")
+            (self.folder / f"{name}.ext").write_text(extension + "\n")
+            run("x509", "-req", "-in", f"{name}.csr", "-CA", "ca.crt", "-CAkey", "ca.key",
+                "-CAcreateserial", "-days", "2", "-extfile", f"{name}.ext", "-out",
+                f"{name}.crt")
+        return self
