@@ -59,7 +59,7 @@ class UsageError(Exception):
     """Bad arguments or model folder (exit 2)."""
 
 
-class MissingTool(Exception):
+class MissingToolError(Exception):
     """The SDK or CLI a real deployment needs is not installed (exit 2)."""
 
 
@@ -248,7 +248,7 @@ def import_sdk() -> dict[str, Any]:
         from azureml.core.model import InferenceConfig
         from azureml.core.webservice import AciWebservice
     except ImportError:
-        raise MissingTool("azureml-core is not installed: pip install azureml-core "
+        raise MissingToolError("azureml-core is not installed: pip install azureml-core "
                           "(or use --dry-run, or --route az)") from None
     return {"Environment": Environment, "Model": Model, "Workspace": Workspace,
             "InferenceConfig": InferenceConfig, "AciWebservice": AciWebservice}
@@ -302,7 +302,7 @@ def deploy_sdk(config: dict[str, Any]) -> None:
 def deploy_az(config: dict[str, Any], args: argparse.Namespace) -> None:
     """Run the ``az container create`` command, secrets taken from the environment."""
     if shutil.which("az") is None:
-        raise MissingTool("the Azure CLI (az) is not installed: see "
+        raise MissingToolError("the Azure CLI (az) is not installed: see "
                           "https://learn.microsoft.com/cli/azure/install-azure-cli")
     if not args.resource_group or args.image == DEFAULT_IMAGE:
         raise UsageError("--route az needs --resource-group and --image (a pushed image)")
@@ -362,7 +362,7 @@ def main(argv: list[str] | None = None) -> int:
             deploy_sdk(config)
         else:
             deploy_az(config, args)
-    except (UsageError, MissingTool) as e:
+    except (UsageError, MissingToolError) as e:
         print(f"deploy.aci: {e}", file=sys.stderr)
         return 2
     except Exception as e:  # the SDK and az raise many types; the message is what counts

@@ -40,14 +40,15 @@ from inference import LoadedModel, configure_threads, load_model
 from node.pipeline import Pipeline
 from node.scoring import score_document, validate_upload
 
-logger = logging.getLogger(__name__)
+# azmlinfsrv imports this file as module "entry_module": log under the project's name.
+logger = logging.getLogger("deploy.score" if __name__ == "entry_module" else __name__)
 
 DICOM_TYPES = ("application/dicom", "application/octet-stream")
 EXPLAIN_METHODS = ("none", "gradcam", "gradcampp", "shap")
 MAX_BODY_ENV = "CXR_NODE_HTTP_MAX_BODY_MB"
 DEFAULT_MAX_BODY_MB = 64.0
-#: On a 413, read and drop at most this much of the body so that the client gets the answer
-#: instead of a connection reset; a larger body is cut off.
+#: On a refusal, read and drop at most this much of the unread body so that the client gets
+#: the answer instead of a connection reset; a larger body is cut off.
 DRAIN_MAX_BYTES = 256 * 2**20
 CHUNK = 1 << 16
 
@@ -89,15 +90,15 @@ def _device() -> str:
 def _configure_logging() -> None:
     """Send this script's and the core's log records to the server's log stream.
 
-    azmlinfsrv configures only its own loggers; without this the core's INFO records (model
-    loaded, refusals) would be dropped. A logging set-up of the user's (root handlers) wins.
+    azmlinfsrv configures only its own loggers (the root logger gets a WARNING-level default),
+    so the core's INFO records (model loaded, refusals) would be dropped. Loggers that
+    already have handlers of their own are left alone.
     """
-    import sys; print("ROOT", logging.getLogger().handlers, logging.getLogger().level, file=sys.stderr)
-    if logging.getLogger().handlers:
-        return
     handlers = logging.getLogger("azmlinfsrv").handlers or [logging.StreamHandler()]
     level = os.environ.get("AZUREML_LOG_LEVEL", "INFO").upper()
-    for name in (__name__, "deploy", "dicom_io", "explain", "inference", "node"):
+    if not isinstance(logging.getLevelName(level), int):
+        level = "INFO"
+    for name in (logger.name, "deploy", "dicom_io", "explain", "inference", "node"):
         named = logging.getLogger(name)
         if not named.handlers:
             named.handlers = list(handlers)
@@ -142,8 +143,6 @@ def read_body(request: AMLRequest, limit: int) -> bytes:
     """The request body, refusing (413) one over ``limit`` bytes without keeping it."""
     length = request.content_length
     if length is not None and length > limit:
-        if length <= DRAIN_MAX_BYTES:
-            _drain(request.stream, length)
         raise HttpError(413, "too-large", f"body of {length} bytes exceeds {limit}")
     stream = request.stream
     chunks: list[bytes] = []
@@ -151,7 +150,6 @@ def read_body(request: AMLRequest, limit: int) -> bytes:
     while chunk := stream.read(CHUNK):
         size += len(chunk)
         if size > limit:
-            _drain(stream, DRAIN_MAX_BYTES)
             raise HttpError(413, "too-large", f"body exceeds {limit} bytes")
         chunks.append(chunk)
     return b"".join(chunks)
@@ -231,6 +229,8 @@ def run(request: AMLRequest) -> AMLResponse:
         document = _score(request)
     except HttpError as e:
         logger.info("refused %d %s", e.status, e.code)
+        if (request.content_length or 0) <= DRAIN_MAX_BYTES:
+            _drain(request.stream, DRAIN_MAX_BYTES)
         return _error(e)
     except Exception as e:
         logger.exception("scoring failed")

@@ -42,7 +42,7 @@ SIGNED_METHODS = frozenset({"shap"})
 METHOD_PARAMS: dict[str, frozenset[str]] = {
     **{m: frozenset() for m in ("gradcam", "gradcampp", "gbp", "ggcam")},
     "shap": frozenset({"background", "blur_sigmas", "nsamples", "batch_size", "rseed",
-                       "local_smoothing"}),
+                       "local_smoothing", "smooth"}),
 }
 
 
@@ -113,7 +113,7 @@ def explain(
             :func:`explain.target.default_layer`; ``"auto"`` lets medcam choose).
         sanity: also run the model-randomisation check (``True`` or its settings).
         **params: method parameters (SHAP: ``nsamples``, ``background``, ``blur_sigmas``,
-            ``batch_size``, ``rseed``, ``local_smoothing``).
+            ``batch_size``, ``rseed``, ``local_smoothing``, ``smooth``).
 
     Returns:
         A :class:`HeatMap` on the source grid; ``suppressed`` (with the reason) when a sanity

@@ -100,6 +100,9 @@ def gradcam_map(target: Target, batch: np.ndarray, index: int, *, backend: str =
     """
     if backend not in BACKENDS:
         raise ValueError(f"medcam backend {backend!r}: use one of {BACKENDS}")
+    if target.scripted:
+        raise ExplainError("the model is TorchScript, which takes no module hooks; medcam "
+                           f"({backend}) needs the eager PyTorch checkpoint (.pt); SHAP works")
     size = int(batch.shape[-1])
     with target.lock:
         target.cache.setdefault("input_size", size)

@@ -33,6 +33,7 @@ logger = logging.getLogger(__name__)
 DEFAULT_NSAMPLES = 16
 DEFAULT_SIGMAS = (8.0, 16.0, 32.0)
 DEFAULT_BATCH = 8
+DEFAULT_SMOOTH = 2.0
 
 
 class _Select(torch.nn.Module):
@@ -85,17 +86,24 @@ def shap_map(target: Target, batch: np.ndarray, index: int, *,
              background: str | np.ndarray = "blur",
              blur_sigmas: Sequence[float] = DEFAULT_SIGMAS,
              nsamples: int = DEFAULT_NSAMPLES, batch_size: int = DEFAULT_BATCH,
-             rseed: int = 0, local_smoothing: float = 0.0) -> tuple[np.ndarray, dict[str, Any]]:
+             rseed: int = 0, local_smoothing: float = 0.0,
+             smooth: float = DEFAULT_SMOOTH) -> tuple[np.ndarray, dict[str, Any]]:
     """Signed SHAP values ``(size, size)`` float32 of output ``index`` for one model input.
 
     ``background`` is ``"blur"`` (blurred copies of the input, ``blur_sigmas`` in model pixels)
     or model inputs ``(K, 1, size, size)`` (e.g. preprocessed normal radiographs).
-    ``nsamples`` bounds the cost: that many forward and backward passes.
+    ``nsamples`` bounds the cost: that many forward and backward passes. ``smooth`` (Gaussian
+    sigma in model pixels, 0 for none) damps the pixel noise of the Monte-Carlo estimate, so that
+    the map's peak is not one noisy pixel.
     """
+    import cv2
+
     if int(nsamples) < 1:
         raise ValueError(f"nsamples {nsamples!r} must be >= 1")
     if int(batch_size) < 1:
         raise ValueError(f"batch_size {batch_size!r} must be >= 1")
+    if float(smooth) < 0:
+        raise ValueError(f"smooth {smooth!r} must be >= 0")
     size = int(batch.shape[-1])
     if isinstance(background, str):
         if background != "blur":
@@ -123,12 +131,15 @@ def shap_map(target: Target, batch: np.ndarray, index: int, *,
         finally:
             np.random.set_state(state)
     values = np.asarray(values, dtype=np.float32).reshape(size, size)
+    if smooth > 0:
+        values = cv2.GaussianBlur(values, (0, 0), float(smooth), borderType=cv2.BORDER_REFLECT)
     params = {
         "explainer": "shap.GradientExplainer",
         "nsamples": int(nsamples),
         "batch_size": int(batch_size),
         "rseed": int(rseed),
         "local_smoothing": float(local_smoothing),
+        "smooth": float(smooth),
         **described,
         "output": target.output,
     }

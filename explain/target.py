@@ -89,7 +89,10 @@ class Target:
         if getattr(net, "apply_sigmoid", False):
             net.apply_sigmoid = False
             self.stripped.append("sigmoid")
-        net.eval().requires_grad_(False)
+        net.eval()
+        for p in net.parameters():  # (ScriptModule has no requires_grad_)
+            if p.is_leaf:
+                p.requires_grad_(False)
         self.net = net
         self.module = _Logits(net).eval()
         self.device = torch.device(device)
@@ -112,9 +115,6 @@ class Target:
 
     def ensure_entry(self, layer: str) -> None:
         """Make the graph start at ``layer`` (once per layer); see :func:`_grad_entry`."""
-        if self.scripted:
-            raise ExplainError("the model is TorchScript, which takes no forward hooks; "
-                               "Grad-CAM needs the eager PyTorch checkpoint (.pt)")
         if layer not in self._entries:
             self._entries[layer] = self.layer_module(layer).register_forward_hook(_grad_entry)
 
@@ -154,9 +154,10 @@ def target_for(module: torch.nn.Module, output: str = "logits",
 def randomise_top_layers(net: torch.nn.Module, n_layers: int, seed: int) -> list[str]:
     """Re-draw the weights of the last ``n_layers`` modules that have parameters, in place.
 
-    Each parameter is replaced by Gaussian noise of its own mean and standard deviation (the
-    scale survives, the learned structure does not), as in the model-randomisation test of
-    Adebayo et al. 2018 ("Sanity Checks for Saliency Maps"). Returns the modules' names.
+    Each parameter is replaced by zero-mean Gaussian noise with the parameter's own standard
+    deviation (the scale survives, what was learned does not), as in the model-randomisation
+    test of Adebayo et al. 2018 ("Sanity Checks for Saliency Maps"), which re-draws weights
+    from their initialisation. Returns the modules' names, top first.
     """
     leaves = [(n, m) for n, m in net.named_modules()
               if n and any(True for _ in m.parameters(recurse=False))]
@@ -168,7 +169,7 @@ def randomise_top_layers(net: torch.nn.Module, n_layers: int, seed: int) -> list
                 flat = p.detach().float()
                 std = float(flat.std()) if flat.numel() > 1 else 0.0
                 std = std if std > 0 else max(float(flat.abs().mean()), 1e-2)
-                noise = torch.randn(p.shape, generator=generator) * std + float(flat.mean())
+                noise = torch.randn(p.shape, generator=generator) * std
                 p.copy_(noise.to(p.device, p.dtype))
     return [n for n, _ in reversed(chosen)]
 

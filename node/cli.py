@@ -87,12 +87,39 @@ def build_parser() -> argparse.ArgumentParser:
                                           "(for plumbing checks only: its outputs mean nothing)")
     p.add_argument("path", type=Path)
     p.set_defaults(func=cmd_demo_model)
+
+    p = sub.add_parser("bench", help="measure this machine: model only, HTTP /score and DIMSE "
+                                     "end to end, explanations, memory, start time")
+    _add_model_args(p)
+    p.add_argument("--images", nargs="+", type=Path, metavar="DIR_OR_FILE",
+                   help="DICOM CR/DX or PNG radiographs (default: pydicom-data's NEMA CR chest)")
+    p.add_argument("--count", type=int, default=32, help="images per end-to-end phase (32)")
+    p.add_argument("--clients", type=int, default=4, help="concurrent HTTP clients (4)")
+    p.add_argument("--skip", action="append", metavar="PHASE[,PHASE]",
+                   help="leave out: http, dimse, noexplain, gradcam, shap")
+    p.add_argument("--repeat", type=int, default=3, help="timed runs per model-only figure (3)")
+    p.add_argument("--shap-nsamples", type=int, help="SHAP samples (default: the node's)")
+    p.add_argument("--timeout", type=float, default=900, help="seconds per wait (900)")
+    p.add_argument("--workers", type=int, help="node under test: --workers")
+    p.add_argument("--max-queue-delay-ms", type=float, help="node under test: same flag")
+    p.add_argument("--onnx-fast-path", action=argparse.BooleanOptionalAction, default=None,
+                   help="node under test: same flag")
+    p.add_argument("--config", type=Path, help="node under test: TOML config file")
+    p.add_argument("--json-only", action="store_true", help="print only the JSON line")
+    p.set_defaults(func=cmd_bench)
     return parser
 
 
 def _setup_logging(verbosity: int) -> None:
+    """Log to stderr. pydicom's and highdicom's warnings quote header values (which can be
+    patient data) and go nowhere; our own modules log UIDs and codes only."""
+    import warnings
+
     level = logging.WARNING - 10 * min(verbosity, 2)
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    for name in ("pydicom", "highdicom"):
+        logging.getLogger(name).setLevel(logging.CRITICAL)
+        warnings.filterwarnings("ignore", module=rf"{name}(\..*)?")
 
 
 def _load_model(args: argparse.Namespace):
@@ -222,6 +249,12 @@ def cmd_demo_model(args: argparse.Namespace) -> int:
     card_path.write_text(json.dumps(card.to_dict(), indent=2))
     print(f"wrote {args.path} and {card_path}", file=sys.stderr)
     return EXIT_OK
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from node.bench import Options, run
+
+    return run(Options.from_args(args))
 
 
 def _user_errors() -> tuple[type[BaseException], ...]:

@@ -104,7 +104,7 @@ class Settings(BaseSettings):
     tls_require_client_cert: bool = Field(False, description="refuse clients without a "
                                           "certificate signed by tls_ca")
     # limits
-    max_associations: int = Field(16, ge=1)
+    max_associations: int = Field(32, ge=1, description="concurrent DICOM associations")
     max_pdu: int = Field(65536, ge=0)
     network_timeout_s: float = Field(60, gt=0)
 

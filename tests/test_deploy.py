@@ -19,6 +19,7 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import NamedTuple
 
 import pydicom
 import pytest
@@ -55,6 +56,12 @@ def azmlinfsrv() -> str:
     pytest.skip("azmlinfsrv (azureml-inference-server-http) is not installed")
 
 
+class ServerProcess(NamedTuple):
+    proc: subprocess.Popen
+    base: str
+    log: Path
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -85,9 +92,9 @@ def limit_bytes(cr_path: Path) -> int:
 
 
 @pytest.fixture(scope="module")
-def server(azure_model_dir: Path, limit_bytes: int,
-           tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Path]]:
-    """``azmlinfsrv --entry_script deploy/score.py`` on a free port; (score URL, log file)."""
+def server_process(azure_model_dir: Path, limit_bytes: int,
+                   tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    """``azmlinfsrv --entry_script deploy/score.py`` on a free port, started, not waited for."""
     exe = azmlinfsrv()
     port = free_port()
     work = tmp_path_factory.mktemp("azmlinfsrv")
@@ -100,28 +107,11 @@ def server(azure_model_dir: Path, limit_bytes: int,
         proc = subprocess.Popen([exe, "--entry_script", str(SCORE_PY), "--port", str(port)],
                                 cwd=work, env=env, stdout=out, stderr=subprocess.STDOUT,
                                 start_new_session=True)
-    base = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + START_TIMEOUT_S
-        while True:
-            if proc.poll() is not None:
-                pytest.fail(f"azmlinfsrv exited with {proc.returncode}:\n"
-                            f"{log.read_text(errors='replace')[-4000:]}")
-            try:
-                if requests.get(base + "/", timeout=5).status_code == 200:
-                    break
-            except requests.ConnectionError:
-                pass
-            except requests.Timeout:
-                pass  # accepted but not answered: the worker is still in init()
-            if time.monotonic() > deadline:
-                pytest.fail(f"azmlinfsrv not up in {START_TIMEOUT_S} s:\n"
-                            f"{log.read_text(errors='replace')[-4000:]}")
-            time.sleep(0.3)
-        yield base + "/score", log
+        yield ServerProcess(proc, f"http://127.0.0.1:{port}", log)
     finally:
         if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGTERM)
+            os.killpg(proc.pid, signal.SIGINT)  # gunicorn: quick shutdown
             try:
                 proc.wait(timeout=20)
             except subprocess.TimeoutExpired:
@@ -129,12 +119,40 @@ def server(azure_model_dir: Path, limit_bytes: int,
                 proc.wait()
 
 
-def expected(model, data: bytes, explain: str = "none") -> dict:
-    """``/score``'s document for ``data``, through Pipeline in this process."""
+@pytest.fixture(scope="module")
+def expected(server_process: ServerProcess, model, cr_path: Path) -> dict[str, dict]:
+    """``/score``'s documents for the radiograph, by explain method, through Pipeline here.
+
+    Computed while the server starts (it depends on ``server_process`` for that reason only).
+    """
+    data = cr_path.read_bytes()
     pipeline = Pipeline(model, method="none", build_dicom=False)
     scored = pipeline.score([from_dataset(validate_upload(data), name="request")])[0]
-    outcome = pipeline.complete(scored, method=explain, build_dicom=False)
-    return json.loads(json.dumps(score_document(model, outcome, explain != "none")))
+    docs = {}
+    for explain in ("none", "gradcam"):
+        outcome = pipeline.complete(scored, method=explain, build_dicom=False)
+        docs[explain] = json.loads(json.dumps(score_document(model, outcome, explain != "none")))
+    return docs
+
+
+@pytest.fixture(scope="module")
+def server(server_process: ServerProcess, expected: dict) -> tuple[str, Path]:
+    """The server once its liveness route answers: (score URL, log file)."""
+    proc, base, log = server_process
+    deadline = time.monotonic() + START_TIMEOUT_S
+    while True:
+        if proc.poll() is not None:
+            pytest.fail(f"azmlinfsrv exited with {proc.returncode}:\n"
+                        f"{log.read_text(errors='replace')[-4000:]}")
+        try:
+            if requests.get(base + "/", timeout=5).status_code == 200:
+                return base + "/score", log
+        except (requests.ConnectionError, requests.Timeout):
+            pass  # not listening yet, or accepted while the worker is still in init()
+        if time.monotonic() > deadline:
+            pytest.fail(f"azmlinfsrv not up in {START_TIMEOUT_S} s:\n"
+                        f"{log.read_text(errors='replace')[-4000:]}")
+        time.sleep(0.3)
 
 
 def assert_error(response: requests.Response, status: int, error: str,
@@ -158,14 +176,15 @@ def dicom_bytes(ds: pydicom.Dataset) -> bytes:
 
 
 @pytest.mark.parametrize("content_type", ["application/dicom", "application/octet-stream"])
-def test_raw_body_gives_the_score_document(server, model, cr_path: Path, content_type: str):
+def test_raw_body_gives_the_score_document(server, expected, model, cr_path: Path,
+                                           content_type: str):
     url, _ = server
-    data = cr_path.read_bytes()
-    r = requests.post(url, data=data, headers={"Content-Type": content_type}, timeout=60)
+    r = requests.post(url, data=cr_path.read_bytes(), headers={"Content-Type": content_type},
+                      timeout=60)
     assert r.status_code == 200, r.text[:500]
     assert r.headers["content-type"].startswith("application/json")
     doc = r.json()
-    want = expected(model, data)
+    want = expected["none"]
     assert doc == want
     assert [f["probability"] for f in doc["findings"]] == \
         [f["probability"] for f in want["findings"]]
@@ -175,14 +194,13 @@ def test_raw_body_gives_the_score_document(server, model, cr_path: Path, content
     assert "explanation" not in doc
 
 
-def test_multipart_image_with_gradcam(server, model, cr_path: Path):
+def test_multipart_image_with_gradcam(server, expected, cr_path: Path):
     url, _ = server
-    data = cr_path.read_bytes()
     r = requests.post(url, params={"explain": "gradcam"}, timeout=120,
-                      files={"image": ("RG1_UNCR.dcm", data, "application/dicom")})
+                      files={"image": ("RG1_UNCR.dcm", cr_path.read_bytes(), "application/dicom")})
     assert r.status_code == 200, r.text[:500]
     doc = r.json()
-    want = expected(model, data, "gradcam")
+    want = expected["gradcam"]
     assert doc["explanation"].get("overlay_png_base64"), doc["explanation"]
     assert doc == want
 
@@ -222,7 +240,7 @@ def test_truncated_dicom_is_400(server, cr_path: Path):
 def test_wrong_media_type_is_415(server, cr_path: Path, content_type: str | None):
     url, _ = server
     headers = {"Content-Type": content_type} if content_type else {}
-    r = requests.post(url, data=cr_path.read_bytes()[:1000] if content_type else None,
+    r = requests.post(url, data=cr_path.read_bytes() if content_type else None,
                       headers=headers, timeout=30)
     assert_error(r, 415, "unsupported-media-type")
 
@@ -248,7 +266,7 @@ def test_invalid_requests_are_422(server, cr_path: Path):
     url, _ = server
     r = requests.post(url, files={"file": ("x.dcm", b"DICM")}, timeout=30)
     assert_error(r, 422, "invalid-request")
-    r = requests.post(url, params={"explain": "magic"}, data=cr_path.read_bytes()[:1000],
+    r = requests.post(url, params={"explain": "magic"}, data=cr_path.read_bytes(),
                       headers={"Content-Type": "application/dicom"}, timeout=30)
     assert_error(r, 422, "invalid-request")
 

@@ -1,0 +1,177 @@
+"""The report of ``cxr-node bench``: ratios, targets (measured, pass/fail), the table and the
+one-line JSON document."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from node.bench import Options, Results
+
+#: Raw figures in the JSON ``raw`` object, in table order; units in the key (s, ips, mb).
+RAW_KEYS = (
+    "decode_s", "preprocess_s",
+    "torch_single_latency_s", "torch_single_ips", "torch_batch_latency_s", "torch_batch_ips",
+    "onnx_single_latency_s", "onnx_single_ips", "onnx_batch_latency_s", "onnx_batch_ips",
+    "gradcam_s", "shap_s", "model_gradcam_batch_ips", "build_results_s",
+    "ready_s", "ready_warm_s", "node_ready_rss_mb", "node_gradcam_peak_rss_mb",
+    "node_none_peak_rss_mb", "node_peak_rss_mb",
+    "http_single_ips", "http_single_p50_s", "http_single_p95_s",
+    "http_concurrent_ips", "http_concurrent_p50_s", "http_concurrent_p95_s",
+    "dimse_gradcam_ips", "dimse_gradcam_wall_s", "dimse_gradcam_send_s",
+    "dimse_none_ips", "dimse_none_wall_s", "dimse_none_send_s",
+    "score_reference_s",
+)
+
+
+def _div(a: float | None, b: float | None) -> float | None:
+    return a / b if a is not None and b else None
+
+
+def derive(res: Results) -> dict[str, float | None]:
+    """Ratios (and the derived raw figures ``score_reference_s``, ``node_peak_rss_mb``)."""
+    r = res.raw
+    peaks = [v for v in (r.get("node_gradcam_peak_rss_mb"), r.get("node_none_peak_rss_mb"))
+             if v is not None]
+    res.put("node_peak_rss_mb", max(peaks) if peaks else None)
+    # /score does: parse, decode + VOI, preprocess, one forward pass on the node's backend.
+    onnx = "onnxruntime" in str(res.info.get("node_backend") or "onnxruntime")
+    forward = r.get("onnx_single_latency_s" if onnx else "torch_single_latency_s")
+    parts = (r.get("decode_s"), r.get("preprocess_s"), forward)
+    res.put("score_reference_s",
+            None if None in parts else sum(x for x in parts if x is not None))
+    return {
+        "http_vs_model": _div(r.get("http_concurrent_ips"), r.get("onnx_batch_ips")),
+        "dimse_vs_model": _div(r.get("dimse_gradcam_ips"), r.get("model_gradcam_batch_ips")),
+        "dimse_noexplain_vs_model": _div(r.get("dimse_none_ips"), r.get("onnx_batch_ips")),
+        "gradcam_over_predict": _div(r.get("gradcam_s"), r.get("torch_single_latency_s")),
+        "shap_over_predict": _div(r.get("shap_s"), r.get("torch_single_latency_s")),
+        "score_p50_vs_reference": _div(r.get("http_single_p50_s"), r.get("score_reference_s")),
+    }
+
+
+def targets(ratios: dict[str, float | None], raw: dict[str, float | None]) -> dict[str, dict]:
+    from node.bench import TARGETS
+
+    out = {}
+    for name, op, target, what in TARGETS:
+        value = ratios.get(name, raw.get(name))
+        ok = None if value is None else value >= target if op == ">=" else value <= target
+        out[name] = {"target": f"{op} {target:g}", "measured": _round(value), "pass": ok,
+                     "what": what}
+    return out
+
+
+def _round(v: float | None, digits: int = 4) -> float | None:
+    return None if v is None else float(f"{v:.{digits}g}")
+
+
+def fmt_s(v: float | None) -> str:
+    if v is None:
+        return "-"
+    if v < 0.1:
+        return f"{v * 1000:.1f} ms"
+    return f"{v:.3f} s" if v < 10 else f"{v:.1f} s"
+
+
+def fmt_ips(v: float | None) -> str:
+    return "-" if v is None else f"{v:.2f} img/s"
+
+
+def fmt_mb(v: float | None) -> str:
+    return "-" if v is None else f"{v:.0f} MB"
+
+
+def _row(label: str, *cells: str) -> str:
+    return f"  {label:<46}" + "".join(f"{c:>14}" for c in cells)
+
+
+def table(opts: Options, res: Results, ratios: dict[str, float | None],
+          checks: dict[str, dict]) -> str:
+    r, info = res.raw, res.info
+    model = info.get("model", {})
+    images = info.get("images", {})
+    m = info.get("machine", {})
+    b = opts.batch_size
+    lines = [
+        f"cxr-node bench: model {model.get('name', '?')} {model.get('version', '')} "
+        f"(sha256 {str(model.get('sha256', ''))[:12]}), node backend "
+        f"{info.get('node_backend') or '-'}",
+        f"images: {images.get('distinct', '?')} distinct (first {images.get('first', '?')}, "
+        f"{images.get('rows', '?')}x{images.get('columns', '?')}); {opts.count} per end-to-end "
+        f"phase; {opts.clients} clients; batch {b}; {m.get('cpus', '?')} CPU(s), "
+        f"{m.get('torch_threads', '?')} thread(s); load average {m.get('loadavg_start', ['?'])[0]}"
+        f" -> {m.get('loadavg_end', ['?'])[0]}",
+        "",
+        _row("Model only (bench process, same inputs)", "latency", "throughput"),
+        _row("decode (parse + VOI), 1 image", fmt_s(r.get("decode_s")), ""),
+        _row("preprocess (scale, crop, resize), 1 image", fmt_s(r.get("preprocess_s")), ""),
+    ]
+    for name, prefix in (("PyTorch eager", "torch"), ("ONNX Runtime", "onnx")):
+        for key, n in (("single", 1), ("batch", b)):
+            lines.append(_row(f"{name}, batch {n}", fmt_s(r.get(f"{prefix}_{key}_latency_s")),
+                              fmt_ips(r.get(f"{prefix}_{key}_ips"))))
+    lines += [
+        _row("Grad-CAM, 1 image", fmt_s(r.get("gradcam_s")), ""),
+        _row(f"SHAP (nsamples {opts.shap_nsamples or 'default'}), 1 image",
+             fmt_s(r.get("shap_s")), ""),
+        _row(f"forward (PyTorch, batch {b}) + Grad-CAM of each", "",
+             fmt_ips(r.get("model_gradcam_batch_ips"))),
+        _row("build + encode SR, SC, PM, 1 image", fmt_s(r.get("build_results_s")), ""),
+        "",
+        _row("Node (cxr-node serve, subprocess)", "p50 / wall", "throughput", "p95 / send"),
+        _row("start to ready, cold (empty spool)", fmt_s(r.get("ready_s"))),
+        _row("start to ready, warm (restart, same spool)", fmt_s(r.get("ready_warm_s"))),
+        _row("RSS at ready / peak (Grad-CAM node)", fmt_mb(r.get("node_ready_rss_mb")),
+             fmt_mb(r.get("node_gradcam_peak_rss_mb"))),
+        _row("peak RSS (explain none node)", fmt_mb(r.get("node_none_peak_rss_mb"))),
+    ]
+    for key, clients in (("single", 1), ("concurrent", opts.clients)):
+        lines.append(_row(f"HTTP /score, no explanation, {clients} client(s)",
+                          fmt_s(r.get(f"http_{key}_p50_s")), fmt_ips(r.get(f"http_{key}_ips")),
+                          fmt_s(r.get(f"http_{key}_p95_s"))))
+    for key, label in (("dimse_gradcam", "DIMSE in/out, Grad-CAM (SR+SC+PM)"),
+                       ("dimse_none", "DIMSE in/out, explain none (SR)")):
+        lines.append(_row(label, fmt_s(r.get(f"{key}_wall_s")), fmt_ips(r.get(f"{key}_ips")),
+                          fmt_s(r.get(f"{key}_send_s"))))
+        got = info.get(key, {}).get("received")
+        if got:
+            lines.append("    received: " + ", ".join(
+                f"{v['count']} {name} ({v['mean_mb']:.2f} MB each)" for name, v in got.items()))
+    lines += ["", _row("Targets (reported, never enforced)", "target", "measured", "result")]
+    for name, c in checks.items():
+        verdict = "-" if c["pass"] is None else "pass" if c["pass"] else "FAIL"
+        measured = "-" if c["measured"] is None else f"{c['measured']:.3g}"
+        lines.append(_row(name, c["target"], measured, verdict))
+    for name in ratios:
+        if name not in checks:
+            v = ratios[name]
+            lines.append(_row(name, "(none)", "-" if v is None else f"{v:.3g}", ""))
+    if res.errors:
+        lines += ["", "Problems:"] + [f"  {e}" for e in res.errors]
+    return "\n".join(lines)
+
+
+def report(opts: Options, res: Results) -> tuple[str, dict[str, Any]]:
+    """The table and the JSON document."""
+    ratios = derive(res)
+    checks = targets(ratios, res.raw)
+    document = {
+        "cxr_node_bench": 1,
+        "ratios": {k: _round(v) for k, v in ratios.items()},
+        "raw": {k: _round(res.raw.get(k), 6) for k in RAW_KEYS},
+        "targets": checks,
+        "model": res.info.get("model"),
+        "node_backend": res.info.get("node_backend"),
+        "images": res.info.get("images"),
+        "dimse": {k: res.info[k] for k in ("dimse_gradcam", "dimse_none") if k in res.info},
+        "node_jobs": res.info.get("node_gradcam_jobs"),
+        "settings": {"count": opts.count, "clients": opts.clients, "batch_size": opts.batch_size,
+                     "threads": opts.threads, "repeat": opts.repeat,
+                     "shap_nsamples": opts.shap_nsamples, "node_args": opts.node_args,
+                     "skipped": sorted(opts.skip)},
+        "machine": res.info.get("machine"),
+        "bench_s": res.info.get("bench_s"),
+        "errors": res.errors,
+    }
+    return table(opts, res, ratios, checks), document

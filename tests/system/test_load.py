@@ -1,0 +1,97 @@
+"""Load: 16 concurrent associations x 20 images together with 32 concurrent HTTP clients.
+Everything is processed, memory stays bounded, HTTP pushes back (503) instead of collapsing."""
+
+from __future__ import annotations
+
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import httpx
+import pydicom
+from pydicom.uid import ExplicitVRLittleEndian
+from pynetdicom import AE
+
+from system.conftest import radiograph_copy
+from system.peers import NodeProcess, Receiver, free_port
+
+ASSOCIATIONS, PER_ASSOCIATION, HTTP_CLIENTS, PER_CLIENT = 16, 20, 32, 2
+
+
+def peak_rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def test_dimse_and_http_load_together(tmp_path: Path, cr_path: Path, whole_model_path: Path,
+                                      dcmtk) -> None:
+    base = radiograph_copy(cr_path, tmp_path / "base.dcm", "load", downscale=8)
+    template = pydicom.dcmread(base)
+    pacs = Receiver("PACS", free_port(), tmp_path / "pacs").start()
+    node = NodeProcess(tmp_path / "spool", whole_model_path, [pacs.address], explain="none",
+                       env={"CXR_NODE_MAX_QUEUE_DEPTH": "64"}).start()
+    acknowledged: list[str] = []
+    lock = threading.Lock()
+
+    def association(index: int) -> None:
+        ae = AE(ae_title=f"MOD{index:02d}")
+        ae.add_requested_context(template.SOPClassUID, ExplicitVRLittleEndian)
+        assoc = ae.associate("127.0.0.1", node.dicom_port, ae_title="CXRNODE")
+        assert assoc.is_established, f"association {index} refused"
+        try:
+            for j in range(PER_ASSOCIATION):
+                ds = template.copy()
+                ds.SOPInstanceUID = pydicom.uid.generate_uid(entropy_srcs=[f"load-{index}-{j}"])
+                status = assoc.send_c_store(ds)
+                if status.Status == 0x0000:
+                    with lock:
+                        acknowledged.append(str(ds.SOPInstanceUID))
+        finally:
+            assoc.release()
+
+    http_statuses: list[int] = []
+    data = base.read_bytes()
+
+    def client(_: int) -> None:
+        with httpx.Client(timeout=300) as c:
+            for _ in range(PER_CLIENT):
+                while True:
+                    r = c.post(f"{node.url}/score", content=data,
+                               headers={"Content-Type": "application/dicom"})
+                    with lock:
+                        http_statuses.append(r.status_code)
+                    if r.status_code != 503:
+                        break
+                    time.sleep(float(r.headers.get("retry-after", "1")) / 5)
+
+    try:
+        start = time.monotonic()
+        with ThreadPoolExecutor(ASSOCIATIONS + HTTP_CLIENTS) as pool:
+            jobs = [pool.submit(association, i) for i in range(ASSOCIATIONS)]
+            jobs += [pool.submit(client, i) for i in range(HTTP_CLIENTS)]
+            for job in jobs:
+                job.result()
+        assert len(acknowledged) == ASSOCIATIONS * PER_ASSOCIATION
+        received = pacs.wait_for(len(acknowledged), timeout=600)
+        elapsed = time.monotonic() - start
+        sources = {str(ref.ReferencedSOPInstanceUID) for ds in received
+                   for ref in ds.get("SourceImageSequence", [])}
+        sources |= {str(ref.ReferencedSOPInstanceUID) for ds in received
+                    for item in ds.get("CurrentRequestedProcedureEvidenceSequence", [])
+                    for series in item.ReferencedSeriesSequence
+                    for ref in series.ReferencedSOPSequence}
+        assert set(acknowledged) <= sources
+        ok = http_statuses.count(200)
+        assert ok == HTTP_CLIENTS * PER_CLIENT
+        assert set(http_statuses) <= {200, 503}
+        rss = peak_rss_mb(node.proc.pid)
+        print(f"load: {len(acknowledged)} images by {ASSOCIATIONS} associations and {ok} "
+              f"/score answers ({http_statuses.count(503)} pushed back with 503) in "
+              f"{elapsed:.0f} s; node peak RSS {rss:.0f} MB")
+        assert rss < 1536
+    finally:
+        node.stop()
+        pacs.stop()
