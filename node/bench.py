@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import gc
 import json
 import logging
 import math
@@ -241,15 +242,22 @@ def _forward(res: Results, prefix: str, model: Any, inputs: Any, batch: int,
         res.put(f"{prefix}_{key}_ips", n / latency)
 
 
-def measure_model(opts: Options, images: list[BenchImage], res: Results, work: Path) -> None:
+def load(opts: Options) -> Any:
+    """The model under test, loaded in this process (errors are the user's: bad --model)."""
+    from inference import configure_threads, load_model
+
+    configure_threads(opts.threads)
+    return load_model(opts.model, card=opts.card, cache_dir=opts.weights_cache)
+
+
+def measure_model(opts: Options, model: Any, images: list[BenchImage], res: Results,
+                  work: Path) -> None:
     """Model-only figures, in this process, on the same preprocessed inputs."""
     import numpy as np
 
     from dicom_io import from_dataset, read_dataset
     from inference import configure_threads, load_model, pre_process
 
-    configure_threads(opts.threads)
-    model = load_model(opts.model, card=opts.card, cache_dir=opts.weights_cache)
     res.info["model"] = model.info
     pre = model.card.preprocessing
     progress(f"model {model.card.name} {model.card.version} ({model.backend}); "
@@ -507,13 +515,16 @@ def run(opts: Options) -> int:
 
     res = Results()
     started = time.perf_counter()
-    images = collect_images(opts.images)
     load_start = [round(x, 2) for x in os.getloadavg()]
+    images = collect_images(opts.images)
+    model = load(opts)
     with tempfile.TemporaryDirectory(prefix="cxr-node-bench-") as tmp:
         work = Path(tmp)
-        if _phase(res, "model only", lambda: measure_model(opts, images, res, work)) and \
-                not {"http", "dimse"} <= opts.skip:
-            measure_node(opts, images, res, work)
+        if _phase(res, "model only", lambda: measure_model(opts, model, images, res, work)):
+            del model  # the node's figures should not share the machine with it
+            gc.collect()
+            if not {"http", "dimse"} <= opts.skip:
+                measure_node(opts, images, res, work)
     res.info["machine"] = {**machine(), "loadavg_start": load_start,
                            "loadavg_end": [round(x, 2) for x in os.getloadavg()]}
     res.info["bench_s"] = round(time.perf_counter() - started, 1)

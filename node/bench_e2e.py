@@ -200,10 +200,15 @@ class ResultReceiver:
         return f"{self.ae_title}@{self.host}:{self.port}"
 
     def start(self) -> ResultReceiver:
+        from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
         from pynetdicom import AE, AllStoragePresentationContexts, evt
 
         ae = AE(ae_title=self.ae_title)
-        ae.supported_contexts = AllStoragePresentationContexts
+        # Explicit VR first, as dcmtk's storescp and most archives prefer (pynetdicom's
+        # default prefers Implicit VR, which makes the sender re-encode every object).
+        for context in AllStoragePresentationContexts:
+            ae.add_supported_context(context.abstract_syntax,
+                                     [ExplicitVRLittleEndian, ImplicitVRLittleEndian])
         ae.maximum_associations = 16
         self.port = free_port(self.host)
         self._server = ae.start_server((self.host, self.port), block=False,

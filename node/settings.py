@@ -76,7 +76,8 @@ class Settings(BaseSettings):
     min_free_mb: float = Field(256, ge=0, description="refuse images when less disk is free")
     purge_delivered: bool = Field(True, description="delete files once all results are sent")
     # processing
-    workers: int = Field(1, ge=1, le=32)
+    workers: int = Field(2, ge=1, le=32, description="worker threads; 2 overlap DICOM "
+                         "building with inference")
     batch_size: int = Field(8, ge=1, le=256)
     max_queue_delay_ms: float = Field(20, ge=0, le=10_000)
     threads: int | None = Field(None, ge=1)
