@@ -218,7 +218,7 @@ def az_config(args: argparse.Namespace, model: dict[str, Any]) -> dict[str, Any]
                      f"${STORAGE_KEY_ENV}")
     else:
         notes.append(f"the image must hold the model folder's contents at {IMAGE_MODEL_DIR} "
-                     "(see README "Deploy to Azure": build a model image)")
+                     "(see README `Deploy to Azure`: build a model image)")
     return {"command": cmd, "shell": shell_line(cmd), "notes": notes}
 
 
