@@ -119,6 +119,15 @@ def init() -> None:
     threads = os.environ.get("CXR_NODE_THREADS")
     configure_threads(int(threads) if threads else None)
     model = load_model(weights, card=card, device=_device())
+    if os.environ.get("CXR_NODE_ONNX_FAST_PATH", "true").lower() not in ("0", "false", "no"):
+        # as the node does: ONNX Runtime predicts when it matches PyTorch within 1e-4
+        import tempfile
+
+        from inference.export import enable_onnx_fast_path
+
+        cache = os.environ.get("CXR_NODE_ONNX_CACHE") or os.path.join(tempfile.gettempdir(),
+                                                                       "cxr-node-onnx")
+        enable_onnx_fast_path(model, cache)
     pipeline = Pipeline(model, method="none", build_dicom=False)
     logger.info("serving %s %s (sha256 %s) from %s; card %s; body limit %d bytes",
                 model.card.name, model.card.version, model.sha256[:12], weights.name,

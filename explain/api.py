@@ -147,7 +147,8 @@ def explain(
     suppressed, reason = verdict(checks)
     signed = name in SIGNED_METHODS
     geometry = scored.geometry
-    values = geometry.to_source(normalise(model_map, signed))
+    # Normalised on the source grid, so that its maximum (or max |value|) is exactly 1.
+    values = normalise(geometry.to_source(normalise(model_map, signed)), signed)
     heatmap = HeatMap(
         values=values,
         label=label,

@@ -78,13 +78,29 @@ class Disc:
 
 
 def random_disc(rows: int, columns: int, rng: np.random.Generator, radius: tuple[float, float],
-                box: tuple[int, int, int, int] | None = None) -> Disc:
-    """A disc of random radius lying wholly inside ``box`` (top, left, height, width)."""
+                box: tuple[int, int, int, int] | None = None, *,
+                image: np.ndarray | None = None, max_background: float = 0.7,
+                tries: int = 30) -> Disc:
+    """A disc of random radius lying wholly inside ``box`` (top, left, height, width).
+
+    With ``image`` (display scale ``[0, 1]``), the disc goes where it can be seen: where the
+    median of the image around it is at most ``max_background`` (a bright disc pasted on bone
+    that is already white would be invisible, and no method could find it).
+    """
     top, left, height, width = box or (0, 0, rows, columns)
     r = float(rng.uniform(*radius))
     margin = r + 2
-    return Disc(float(rng.uniform(top + margin, top + height - margin)),
-                float(rng.uniform(left + margin, left + width - margin)), r)
+    disc = Disc(0.0, 0.0, r)
+    for _ in range(max(1, tries)):
+        disc = Disc(float(rng.uniform(top + margin, top + height - margin)),
+                    float(rng.uniform(left + margin, left + width - margin)), r)
+        if image is None:
+            break
+        r0, c0, span = int(disc.row), int(disc.column), int(2 * r) + 1
+        patch = image[max(r0 - span, 0):r0 + span + 1, max(c0 - span, 0):c0 + span + 1]
+        if float(np.median(patch)) <= max_background:
+            break
+    return disc
 
 
 def to_model_input(image01: np.ndarray) -> np.ndarray:
@@ -95,9 +111,10 @@ def to_model_input(image01: np.ndarray) -> np.ndarray:
 def disc_batch(n: int, rng: np.random.Generator, backgrounds: Sequence[np.ndarray], *,
                crop: int | None = None, radius: tuple[float, float] = (5, 10),
                contrast: tuple[float, float] = (0.25, 0.45),
-               decoys: float = 0.5) -> tuple[np.ndarray, np.ndarray]:
-    """``n`` model inputs ``(n, 1, crop, crop)`` and targets ``(n, 2)``: half with a disc.
+               decoys: float = 0.5) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``n`` model inputs ``(n, 1, crop, crop)``, targets ``(n, 2)`` and disc masks (as x).
 
+    Every other image has a disc.
     Each image is a random ``crop`` x ``crop`` window (default: all) of one of ``backgrounds``
     (display images in ``[0, 1]``, all the same square size: phantoms or real radiographs),
     randomly flipped, with brightness and noise jitter. With probability ``decoys`` an image
@@ -108,6 +125,7 @@ def disc_batch(n: int, rng: np.random.Generator, backgrounds: Sequence[np.ndarra
     size = crop or full
     x = np.empty((n, 1, size, size), np.float32)
     y = np.zeros((n, 2), np.float32)
+    masks = np.zeros_like(x)
     for i in range(n):
         img = backgrounds[int(rng.integers(len(backgrounds)))]
         top, left = (int(v) for v in rng.integers(0, full - size + 1, 2))
@@ -121,17 +139,40 @@ def disc_batch(n: int, rng: np.random.Generator, backgrounds: Sequence[np.ndarra
                            width=rng.uniform(2, 4))
         has_disc = i % 2 == 0
         if has_disc:
-            disc = random_disc(size, size, rng, radius)
+            disc = random_disc(size, size, rng, radius, image=img)
             img = add_disc(img, (disc.row, disc.column), disc.radius, rng.uniform(*contrast))
+            masks[i, 0] = add_disc(masks[i, 0], (disc.row, disc.column), disc.radius, 1.0)
         y[i] = (1.0, 0.0) if has_disc else (0.0, 1.0)
         x[i, 0] = to_model_input(img)
-    return x, y
+    return x, y, masks
+
+
+def _localisation_loss(model: torch.nn.Module, x: torch.Tensor, masks: torch.Tensor,
+                       y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(logits, loss): the disc logit's evidence map must sit on the disc.
+
+    For a DenseNet (``features`` then ReLU, average pooling and ``classifier``) the logit is the
+    mean over positions of ``w . relu(features)``; the spatial softmax of that evidence map is
+    pulled towards the disc mask (cross-entropy), for images with a disc. The model's output is
+    unchanged by this: it only decides *where* the network keeps its evidence, which makes the
+    right answer for an explanation known.
+    """
+    features = torch.relu(model.features(x))
+    logits = model.classifier(features.mean(dim=(2, 3)))
+    evidence = torch.einsum("nchw,c->nhw", features, model.classifier.weight[0]).flatten(1)
+    target = torch.nn.functional.adaptive_avg_pool2d(masks, features.shape[2:]).flatten(1)
+    positive = y[:, 0] > 0
+    if not positive.any():
+        return logits, logits.new_zeros(())
+    target = target[positive] / target[positive].sum(1, keepdim=True).clamp_min(1e-6)
+    loss = -(target * torch.log_softmax(evidence[positive], dim=1)).sum(1).mean()
+    return logits, loss
 
 
 def train_disc_detector(model: torch.nn.Module, *, steps: int = 400, full_steps: int = 25,
                         crop: int = 112, batch_size: int = 16, lr: float = 3e-3,
                         seed: int = 0, size: int = 224, phantoms: int = 48,
-                        radius: tuple[float, float] = (5, 10),
+                        radius: tuple[float, float] = (5, 10), localise: float = 1.0,
                         backgrounds: Sequence[np.ndarray] = ()) -> torch.nn.Module:
     """Train ``model`` (2 logits: :data:`DISC_LABELS`) to find discs; returns it in eval mode.
 
@@ -139,8 +180,9 @@ def train_disc_detector(model: torch.nn.Module, *, steps: int = 400, full_steps:
     convolutional, so this is 4x cheaper than training on whole images), then ``full_steps``
     on whole ``size`` x ``size`` images to settle the output scale. Backgrounds: ``phantoms``
     chest phantoms plus ``backgrounds`` (e.g. real radiographs as display images in ``[0, 1]``,
-    ``size`` x ``size``). Seeded: the same ``seed``, ``model`` initialisation and thread count
-    give the same weights.
+    ``size`` x ``size``). ``localise`` weighs :func:`_localisation_loss` (0: plain
+    classification; needs a model with ``features`` and ``classifier``, as a DenseNet has).
+    Seeded: the same ``seed``, ``model`` initialisation and thread count give the same weights.
     """
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
@@ -152,10 +194,14 @@ def train_disc_detector(model: torch.nn.Module, *, steps: int = 400, full_steps:
         if step == steps:
             for group in optimiser.param_groups:
                 group["lr"] = lr / 3
-        x, y = disc_batch(batch_size, rng, pool, crop=crop if step < steps else None,
-                          radius=radius)
+        x, y, masks = (torch.from_numpy(a) for a in disc_batch(
+            batch_size, rng, pool, crop=crop if step < steps else None, radius=radius))
         optimiser.zero_grad()
-        loss = loss_fn(model(torch.from_numpy(x)), torch.from_numpy(y))
+        if localise > 0:
+            logits, where = _localisation_loss(model, x, masks, y)
+            loss = loss_fn(logits, y) + localise * where
+        else:
+            loss = loss_fn(model(x), y)
         loss.backward()
         optimiser.step()
         if step % 100 == 0 or step == steps + full_steps - 1:

@@ -466,6 +466,7 @@ def measure_node(opts: Options, images: list[BenchImage], res: Results, work: Pa
             return
         res.put("ready_s", node.ready_s)
         res.put("node_ready_rss_mb", node.ready_rss_mb)
+        res.put("node_ready_peak_rss_mb", node.ready_peak_rss_mb)
         res.info["node_backend"] = node.get("/readyz")[1].get("model", {}).get("backend")
         try:
             if "http" not in opts.skip:

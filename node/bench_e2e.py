@@ -72,6 +72,7 @@ class NodeUnderTest:
     proc: subprocess.Popen | None = None
     ready_s: float | None = None
     ready_rss_mb: float | None = None
+    ready_peak_rss_mb: float | None = None
     _ready: threading.Event = field(default_factory=threading.Event)
 
     def command(self) -> list[str]:
@@ -109,6 +110,7 @@ class NodeUnderTest:
         if status != 200:
             raise RuntimeError(f"node printed ready but /readyz answered {status}: {body}")
         self.ready_rss_mb = proc_status_mb(self.proc.pid, "VmRSS")
+        self.ready_peak_rss_mb = proc_status_mb(self.proc.pid, "VmHWM")
         return self.ready_s
 
     def _read_stdout(self) -> None:

@@ -62,6 +62,7 @@ class Node:
 
             enable_onnx_fast_path(self.model, s.spool / "onnx-cache")
         self.pipeline = Pipeline(self.model, s.explain, batch_size=s.batch_size)
+        self.warm_up()
         recovered = self.intake.recover()
         if recovered:
             logger.info("recovered %d job(s) from the spool", recovered)
@@ -79,6 +80,20 @@ class Node:
         logger.info("%s listening for DICOM on %s:%d (model %s %s, sha256 %s)", s.ae_title,
                     s.bind, self.dicom_port, self.model.card.name, self.model.card.version,
                     self.model.sha256[:12])
+
+    def warm_up(self) -> None:
+        """One synthetic image through prediction and the explanation, so the first real
+        image pays no first-call costs (allocations, medcam hooks, ONNX Runtime arenas)."""
+        import numpy as np
+
+        from dicom_io import SourceImage
+
+        image = SourceImage("warm-up", np.linspace(0, 255, 256 * 256, dtype=np.float32)
+                            .reshape(256, 256).astype(np.uint8), 255)
+        started = time.monotonic()
+        [scored] = self.pipeline.score([image])
+        self.pipeline.complete(scored, build_dicom=False)
+        logger.info("warmed up in %.1f s", time.monotonic() - started)
 
     @property
     def http_port(self) -> int | None:

@@ -78,3 +78,19 @@ def require_tool(name: str) -> str:
     if path is None:
         pytest.skip(f"{name} is not installed (.ci/run installs it)")
     return path
+
+
+#: Figures the suite reaches (fuzz cases, load held, faults survived), printed at the end.
+FIGURES: list[str] = []
+
+
+def record_figure(text: str) -> None:
+    """Keep a line for the end-of-run summary (CI's log), whatever pytest captures."""
+    FIGURES.append(text)
+
+
+def pytest_terminal_summary(terminalreporter) -> None:
+    if FIGURES:
+        terminalreporter.section("figures reached")
+        for line in FIGURES:
+            terminalreporter.write_line(line)

@@ -80,9 +80,13 @@ def azure_model_dir(tmp_path_factory: pytest.TempPathFactory, whole_model_path: 
 
 
 @pytest.fixture(scope="module")
-def model(azure_model_dir: Path):
+def model(azure_model_dir: Path, tmp_path_factory: pytest.TempPathFactory):
+    from inference.export import enable_onnx_fast_path
+
     configure_threads()  # as score.py's init(): same threads, same float sums
-    return load_model(azure_model_dir / "cxr-model" / "pc-densenet-densenet-best.pt")
+    loaded = load_model(azure_model_dir / "cxr-model" / "pc-densenet-densenet-best.pt")
+    enable_onnx_fast_path(loaded, tmp_path_factory.mktemp("onnx"))  # as score.py does
+    return loaded
 
 
 @pytest.fixture(scope="module")

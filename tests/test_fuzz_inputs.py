@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from conftest import record_figure
 from hypothesis import HealthCheck, given, settings
 from mutations import mutated, small_radiograph
 
@@ -44,6 +45,6 @@ def test_reader_survives_mutated_radiographs(base: bytes, tmp_path_factory, load
         assert len(scored.prediction.findings) == 26
 
     check()
-    print(f"fuzz: {CASES['count']} cases: {CASES['read']} read, {CASES['declined']} declined, "
-          f"{CASES['invalid']} refused with a reason")
+    record_figure(f"fuzz (reader + model): {CASES['count']} cases: {CASES['read']} read, "
+                  f"{CASES['declined']} declined, {CASES['invalid']} refused with a reason")
     assert CASES["declined"] and CASES["invalid"] and CASES["read"]

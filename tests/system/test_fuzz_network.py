@@ -9,6 +9,7 @@ from pathlib import Path
 
 import httpx
 import pydicom
+from conftest import record_figure
 from hypothesis import HealthCheck, given, settings
 from mutations import mutated, small_radiograph
 from pynetdicom import AE, ALL_TRANSFER_SYNTAXES
@@ -41,7 +42,7 @@ def test_http_and_stow_never_answer_5xx(node: NodeProcess, cr_path: Path) -> Non
             statuses[code] = statuses.get(code, 0) + 1
 
     check()
-    print(f"fuzz over HTTP: {sum(statuses.values())} requests, statuses {statuses}")
+    record_figure(f"fuzz over HTTP: {sum(statuses.values())} requests, statuses {statuses}")
     assert httpx.get(f"{node.url}/readyz").status_code == 200
 
 
@@ -74,7 +75,7 @@ def test_c_store_of_mutated_datasets_gets_a_status(node: NodeProcess, cr_path: P
         outcomes[key] = outcomes.get(key, 0) + 1
 
     check()
-    print(f"fuzz over C-STORE: {outcomes}")
+    record_figure(f"fuzz over C-STORE: {outcomes}")
     echo = subprocess.run(["echoscu", "-aec", "CXRNODE", "127.0.0.1", str(node.dicom_port)],
                           capture_output=True, timeout=60)
     assert echo.returncode == 0

@@ -19,7 +19,7 @@ from pydicom.uid import generate_uid
 from dicom_io.results import codes as rcodes
 from dicom_io.results import instance_uid
 from system.conftest import radiograph_copy
-from system.peers import NodeProcess, Orthanc, Receiver, storescu
+from system.peers import NodeProcess, Orthanc, Receiver, free_port, storescu
 
 TOKEN = "test-token-5f1c"
 SR_CLASS = "1.2.840.10008.5.1.4.1.1.88.34"
@@ -303,3 +303,46 @@ def test_many_clients_at_once_all_answered(node: NodeProcess, image: Path) -> No
     with ThreadPoolExecutor(8) as pool:
         statuses = list(pool.map(one, range(16)))
     assert statuses == [200] * 16
+
+
+def test_azure_score_py_answers_like_the_node(node: NodeProcess, image: Path, tmp_path: Path,
+                                              whole_model_path: Path) -> None:
+    """deploy/score.py under the real Azure ML inference server vs the node's /score."""
+    import os
+    import shutil
+    import subprocess
+
+    exe = Path(sys.executable).with_name("azmlinfsrv")
+    model_dir = tmp_path / "azureml-models" / "cxr-model"
+    model_dir.mkdir(parents=True)
+    shutil.copy(whole_model_path, model_dir / whole_model_path.name)
+    port = free_port()
+    repo = Path(__file__).resolve().parents[2]
+    log = (tmp_path / "azmlinfsrv.log").open("wb")
+    proc = subprocess.Popen([str(exe), "--entry_script", str(repo / "deploy" / "score.py"),
+                             "--port", str(port)], cwd=tmp_path, stdout=log,
+                            stderr=subprocess.STDOUT,
+                            env={**os.environ, "AZUREML_MODEL_DIR": str(model_dir.parent),
+                                 "CXR_NODE_DEVICE": "cpu"})
+    try:
+        deadline = time.monotonic() + 180
+        while True:
+            assert proc.poll() is None, (tmp_path / "azmlinfsrv.log").read_text()[-3000:]
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/", timeout=5).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            assert time.monotonic() < deadline, "azmlinfsrv never came up"
+            time.sleep(0.5)
+        azure = httpx.post(f"http://127.0.0.1:{port}/score", content=image.read_bytes(),
+                           headers={"Content-Type": "application/dicom"}, timeout=120)
+        ours = httpx.post(f"{node.url}/score", content=image.read_bytes(),
+                          headers={"Content-Type": "application/dicom"}, timeout=120)
+        assert azure.status_code == ours.status_code == 200, azure.text
+        a, b = azure.json(), ours.json()
+        for key in ("model", "findings", "top_three_labels", "probability", "result_uids"):
+            assert a[key] == b[key], key
+    finally:
+        proc.terminate()
+        proc.wait(30)

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import httpx
 import pydicom
+from conftest import record_figure
 from pydicom.uid import ExplicitVRLittleEndian
 from pynetdicom import AE
 
@@ -88,9 +89,9 @@ def test_dimse_and_http_load_together(tmp_path: Path, cr_path: Path, whole_model
         assert ok == HTTP_CLIENTS * PER_CLIENT
         assert set(http_statuses) <= {200, 503}
         rss = peak_rss_mb(node.proc.pid)
-        print(f"load: {len(acknowledged)} images by {ASSOCIATIONS} associations and {ok} "
-              f"/score answers ({http_statuses.count(503)} pushed back with 503) in "
-              f"{elapsed:.0f} s; node peak RSS {rss:.0f} MB")
+        record_figure(f"load: {len(acknowledged)} images by {ASSOCIATIONS} associations and "
+                      f"{ok} /score answers ({http_statuses.count(503)} pushed back with 503) "
+                      f"in {elapsed:.0f} s; node peak RSS {rss:.0f} MB")
         assert rss < 1536
     finally:
         node.stop()

@@ -11,6 +11,7 @@ from pathlib import Path
 import httpx
 import pydicom
 import pytest
+from conftest import record_figure
 
 from system.conftest import radiograph_copy
 from system.peers import Certificates, NodeProcess, Receiver, free_port, storescu
@@ -114,6 +115,8 @@ def test_spool_quota_refuses_then_recovers_and_loses_nothing(
         sources = {str(ref.ReferencedSOPInstanceUID) for ds in received
                    for ref in ds.get("SourceImageSequence", [])}
         assert set(acknowledged) <= sources
+        record_figure(f"fault spool full: {refused} C-STORE refused with 0xA700, HTTP 503; "
+                      f"all {len(acknowledged)} acknowledged delivered after space returned")
         deadline = time.monotonic() + 60
         while storescu(node.dicom_port, [files[-1]]).returncode != 0:
             assert time.monotonic() < deadline, "the node never took images again"
