@@ -6,8 +6,6 @@ import logging
 from collections.abc import Sequence
 from pathlib import Path
 
-import pydicom
-
 logger = logging.getLogger(__name__)
 
 
@@ -17,12 +15,9 @@ def stow_files(url: str, paths: Sequence[Path], timeout: float = 60,
     from dicomweb_client.api import DICOMwebClient
     from requests import Session
 
-    datasets, results = [], []
-    for path in paths:
-        try:
-            datasets.append((path, pydicom.dcmread(path)))
-        except Exception as e:
-            results.append((path, f"result file unreadable: {type(e).__name__}"))
+    from node.dimse import read_result_files
+
+    datasets, results = read_result_files(paths)
     if not datasets:
         return results
     session = Session()

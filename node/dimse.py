@@ -99,6 +99,21 @@ def scp_handlers(intake: Intake) -> list:
     return [(evt.EVT_C_ECHO, handle_echo), (evt.EVT_C_STORE, handle_store, [intake])]
 
 
+def read_result_files(paths: Sequence[Path]
+                      ) -> tuple[list[tuple[Path, Dataset]], list[tuple[Path, str | None]]]:
+    """Result files to send: (path, dataset) of those readable, (path, reason) of the rest."""
+    import pydicom
+
+    datasets: list[tuple[Path, Dataset]] = []
+    failures: list[tuple[Path, str | None]] = []
+    for path in paths:
+        try:
+            datasets.append((path, pydicom.dcmread(path)))
+        except Exception as e:
+            failures.append((path, f"result file unreadable: {type(e).__name__}"))
+    return datasets, failures
+
+
 def send_files(
     peer: Peer, paths: Sequence[Path], calling_ae: str, timeout: float = 60
 ) -> list[tuple[Path, str | None]]:
@@ -107,15 +122,7 @@ def send_files(
     Success and warning statuses count as delivered; anything else (a failure status, no
     response, a rejected context) is a failure with its reason.
     """
-    import pydicom
-
-    datasets: list[tuple[Path, Dataset]] = []
-    results: list[tuple[Path, str | None]] = []
-    for path in paths:
-        try:
-            datasets.append((path, pydicom.dcmread(path)))
-        except Exception as e:
-            results.append((path, f"result file unreadable: {type(e).__name__}"))
+    datasets, results = read_result_files(paths)
     if not datasets:
         return results
     ae = AE(ae_title=calling_ae)
