@@ -1,0 +1,7 @@
+"""Deployment of the node's scoring to Azure (score.py, Dockerfile, aci.py)."""
+
+import os
+
+# Before torch loads (score.py imports this package first): GNU OpenMP's spinning threads
+# make PyTorch many times slower on a shared machine (see `cxr-node bench`).
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")

@@ -149,23 +149,27 @@ def disc_batch(n: int, rng: np.random.Generator, backgrounds: Sequence[np.ndarra
 
 def _localisation_loss(model: torch.nn.Module, x: torch.Tensor, masks: torch.Tensor,
                        y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(logits, loss): the disc logit's evidence map must sit on the disc.
+    """(logits, loss): the disc logit's evidence must come from the disc, and only from it.
 
-    For a DenseNet (``features`` then ReLU, average pooling and ``classifier``) the logit is the
-    mean over positions of ``w . relu(features)``; the spatial softmax of that evidence map is
-    pulled towards the disc mask (cross-entropy), for images with a disc. The model's output is
-    unchanged by this: it only decides *where* the network keeps its evidence, which makes the
-    right answer for an explanation known.
+    For a DenseNet (``features`` then ReLU, average pooling and ``classifier``) the disc logit
+    is the mean over positions of the evidence map ``w . relu(features)``. Two terms: where
+    there is a disc, the spatial softmax of the evidence is pulled onto the disc mask
+    (cross-entropy); everywhere off the disc, the evidence should be flat (its variance), so
+    that anatomy moves the logit neither way. The network is still a classifier; this decides
+    *what* it looks at, which makes the right answer for an explanation known.
     """
     features = torch.relu(model.features(x))
     logits = model.classifier(features.mean(dim=(2, 3)))
     evidence = torch.einsum("nchw,c->nhw", features, model.classifier.weight[0]).flatten(1)
     target = torch.nn.functional.adaptive_avg_pool2d(masks, features.shape[2:]).flatten(1)
+    outside = (target <= 0).float()
+    mean_out = (evidence * outside).sum(1, keepdim=True) / outside.sum(1, keepdim=True)
+    flat = (((evidence - mean_out) ** 2) * outside).sum(1) / outside.sum(1)
+    loss = 0.1 * flat.mean()
     positive = y[:, 0] > 0
-    if not positive.any():
-        return logits, logits.new_zeros(())
-    target = target[positive] / target[positive].sum(1, keepdim=True).clamp_min(1e-6)
-    loss = -(target * torch.log_softmax(evidence[positive], dim=1)).sum(1).mean()
+    if positive.any():
+        t = target[positive] / target[positive].sum(1, keepdim=True).clamp_min(1e-6)
+        loss = loss - (t * torch.log_softmax(evidence[positive], dim=1)).sum(1).mean()
     return logits, loss
 
 

@@ -281,7 +281,7 @@ def _onnx_session(path: Path) -> Any:
     import onnxruntime as ort
 
     options = ort.SessionOptions()
-    options.intra_op_num_threads = configure_threads()
+    options.intra_op_num_threads = torch.get_num_threads()  # as configured, not reset
     try:
         return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
     except Exception as e:

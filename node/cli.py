@@ -269,6 +269,11 @@ def _user_errors() -> tuple[type[BaseException], ...]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    import os
+
+    # GNU OpenMP threads spin between steps by default; on a busy machine that makes PyTorch
+    # many times slower (measured by `cxr-node bench`). Must be set before torch loads.
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     parser = build_parser()
     args = parser.parse_args(argv)
     _setup_logging(args.verbose)

@@ -128,7 +128,9 @@ def send_files(
     ae = AE(ae_title=calling_ae)
     ae.network_timeout = ae.acse_timeout = ae.dimse_timeout = timeout
     for sop_class in sorted({str(ds.SOPClassUID) for _, ds in datasets}):
-        ae.add_requested_context(sop_class, [ExplicitVRLittleEndian, ImplicitVRLittleEndian])
+        # one context each, so a peer that prefers implicit VR does not force a re-encoding
+        ae.add_requested_context(sop_class, ExplicitVRLittleEndian)
+        ae.add_requested_context(sop_class, ImplicitVRLittleEndian)
     assoc = ae.associate(peer.host, peer.port, ae_title=peer.ae_title)
     if not assoc.is_established:
         why = "rejected" if assoc.is_rejected else "aborted" if assoc.is_aborted else "no answer"
