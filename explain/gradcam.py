@@ -21,7 +21,10 @@ Workarounds for medcam 0.1.x, all on our side (site-packages untouched):
 
 from __future__ import annotations
 
+import contextlib
+import io
 import logging
+import warnings
 from typing import Any
 
 import numpy as np
@@ -54,7 +57,9 @@ def _inject(target: Target, backend: str, layer: str) -> Any:
                                 label=None, retain_graph=False, replace=False)
         size = target.cache.get("input_size", 224)
         blank = torch.zeros((1, 1, size, size), device=target.device)
-        with torch.inference_mode(False), torch.enable_grad():
+        with torch.inference_mode(False), torch.enable_grad(), warnings.catch_warnings(), \
+                contextlib.redirect_stdout(io.StringIO()):  # medcam prints its warnings
+            warnings.filterwarnings("ignore", "Using a non-full backward hook")
             wrapped.test_run(_input(blank, backend, layer), internal=True)
     except (RuntimeError, ValueError, AttributeError) as e:
         raise ExplainError(f"medcam {backend} could not attach to layer {layer!r}: {e}") from e
@@ -110,7 +115,10 @@ def gradcam_map(target: Target, batch: np.ndarray, index: int, *, backend: str =
         wrapped = _inject(target, backend, layer)
         x = _input(target.tensor(batch), backend, layer)
         try:
-            with torch.inference_mode(False), torch.enable_grad():
+            with torch.inference_mode(False), torch.enable_grad(), warnings.catch_warnings():
+                # Guided backpropagation uses module backward hooks of the old kind; they act
+                # on nn.ReLU modules (one autograd node each), where they are right.
+                warnings.filterwarnings("ignore", "Using a non-full backward hook")
                 wrapped(x, label=int(index))
         except (RuntimeError, ValueError) as e:
             raise ExplainError(f"medcam {backend} failed: {e}") from e

@@ -83,12 +83,19 @@ def _downsample(model_map: np.ndarray, grid: int) -> np.ndarray:
     return cv2.resize(m, (grid, grid), interpolation=cv2.INTER_AREA)
 
 
+def _ranks(values: np.ndarray) -> np.ndarray:
+    """Ranks of ``values`` (ties get their average rank), as Spearman's correlation needs."""
+    order = np.argsort(values, kind="stable")
+    ranks = np.empty(values.size, np.float64)
+    ranks[order] = np.arange(values.size, dtype=np.float64)
+    _, groups, counts = np.unique(values, return_inverse=True, return_counts=True)
+    return (np.bincount(groups, weights=ranks) / counts)[groups]
+
+
 def similarity(a: np.ndarray, b: np.ndarray, grid: int = 56) -> float:
     """Spearman rank correlation of two maps after area-averaging to ``grid``; 0 if flat."""
-    from scipy.stats import rankdata
-
-    x = rankdata(_downsample(a, grid).ravel())
-    y = rankdata(_downsample(b, grid).ravel())
+    x = _ranks(_downsample(a, grid).ravel())
+    y = _ranks(_downsample(b, grid).ravel())
     x -= x.mean()
     y -= y.mean()
     denominator = float(np.sqrt((x * x).sum() * (y * y).sum()))

@@ -19,6 +19,7 @@ One explainer is built per (model copy, output) and kept; each call swaps its ba
 from __future__ import annotations
 
 import logging
+import warnings
 from collections.abc import Sequence
 from typing import Any
 
@@ -74,7 +75,9 @@ def _explainer(target: Target, index: int, background: torch.Tensor, batch_size:
         inner.batch_size = batch_size
         inner.local_smoothing = local_smoothing
         return explainer
-    import shap
+    with warnings.catch_warnings():  # shap's plotting colours, set up on import
+        warnings.simplefilter("ignore", PendingDeprecationWarning)
+        import shap
 
     explainer = shap.GradientExplainer(_Select(target.module, index).eval(), background,
                                        batch_size=batch_size, local_smoothing=local_smoothing)
@@ -122,7 +125,9 @@ def shap_map(target: Target, batch: np.ndarray, index: int, *,
         x = target.tensor(batch)
         state = np.random.get_state()  # shap reseeds numpy's global generator
         try:
-            with torch.inference_mode(False), torch.enable_grad():
+            with torch.inference_mode(False), torch.enable_grad(), warnings.catch_warnings():
+                # shap zeroes parameter gradients; a traced module's are not leaves.
+                warnings.filterwarnings("ignore", "The .grad attribute of a Tensor that is not")
                 explainer = _explainer(target, index, target.tensor(bg), int(batch_size),
                                        float(local_smoothing))
                 values = explainer.shap_values(x, nsamples=int(nsamples), rseed=int(rseed))

@@ -122,10 +122,6 @@ class Target:
         """A fresh float32 tensor on the copy's device (never an inference-mode tensor)."""
         return torch.as_tensor(batch, dtype=torch.float32).clone().to(self.device)
 
-    def logits(self, batch: Any) -> torch.Tensor:
-        with torch.no_grad():
-            return self.module(self.tensor(batch))
-
     def copy_net(self) -> torch.nn.Module:
         """A deep copy of the network without this copy's own forward hooks."""
         net = copy.deepcopy(self.net)
@@ -140,7 +136,10 @@ _TARGETS_LOCK = threading.Lock()
 
 def target_for(module: torch.nn.Module, output: str = "logits",
                device: str | torch.device = "cpu") -> Target:
-    """The cached :class:`Target` of ``module`` (made on first use)."""
+    """The cached :class:`Target` of ``module`` (made on first use, kept while it lives).
+
+    The copy is taken once: weights changed in ``module`` afterwards are not seen by it.
+    """
     with _TARGETS_LOCK:
         target = _TARGETS.get(module)
         if target is None:

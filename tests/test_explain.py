@@ -238,3 +238,10 @@ def test_write_outputs(loaded_model, cr_scored, tmp_path):
     assert write_outputs(suppressed, cr_scored.image, tmp_path / "none") == []
     audit = write_outputs(suppressed, cr_scored.image, tmp_path / "audit", include_suppressed=True)
     assert [p.name for p in audit] == ["heatmap.npy"]
+
+
+def test_medcam_picks_the_layer_when_asked(loaded_model, cr_scored):
+    heatmap = explain(loaded_model, cr_scored, method="gcam", layer="auto")
+    assert heatmap.method == "gradcam" and heatmap.params["backend"] == "gcam"
+    assert heatmap.params["layer"].startswith("auto:features")
+    assert not heatmap.suppressed, heatmap.suppressed_reason

@@ -76,7 +76,7 @@ def disc_model() -> LoadedModel:
     net = xrv.models.DenseNet(num_classes=2, in_channels=1, weights=None, block_config=(2, 2),
                               growth_rate=8, num_init_features=16)
     train_disc_detector(net, steps=1000, crop=64, batch_size=16, seed=0,
-                        backgrounds=backgrounds * 2)
+                        backgrounds=backgrounds * 2)  # real ones: 40% of the draws
     card = ModelCard(name="disc detector", version="test", labels=DISC_LABELS,
                      thresholds=(0.5, 0.5))
     return LoadedModel(card=card, sha256="0" * 64, backend="torch", source="trained in tests",
@@ -173,16 +173,11 @@ def test_the_held_out_set_covers_the_geometries(cases):
         assert pixels[r - 1:r + 2, col - 1:col + 2].mean() > np.median(around)
 
 
-@pytest.mark.parametrize("method", ["gradcam", "shap"])
+@pytest.mark.parametrize("method", ["gradcam", "gradcampp", "shap"])
 def test_pointing_game_in_source_coordinates(disc_model, cases, method):
     results = _pointing(disc_model, cases, method)
     by_kind = {k: f"{sum(v)}/{len(v)}" for k, v in results.items()}
     assert _rate(results) >= 0.9, f"{method} hits {by_kind}"
-
-
-def test_pointing_game_gradcampp(disc_model, cases):
-    results = _pointing(disc_model, cases, "gradcampp")
-    assert _rate(results) >= 0.8, {k: f"{sum(v)}/{len(v)}" for k, v in results.items()}
 
 
 def test_a_wrong_inverse_of_the_crop_would_be_caught(disc_model, cases):
