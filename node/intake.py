@@ -20,11 +20,13 @@ class QueueFullError(Exception):
 
 
 class Intake:
-    def __init__(self, spool: Spool, queue: SqliteQueue, max_depth: int | None = None) -> None:
+    def __init__(self, spool: Spool, queue: SqliteQueue, max_depth: int | None = None,
+                 wake: threading.Event | None = None) -> None:
+        """``wake`` is set on every accepted object (intakes feeding one worker pool share it)."""
         self.spool = spool
         self.queue = queue
         self.max_depth = max_depth
-        self.wake = threading.Event()
+        self.wake = wake if wake is not None else threading.Event()
 
     def accept(self, data: bytes, sop_instance_uid: str | None, calling_ae: str | None,
                origin: str, options: dict | None = None) -> int:

@@ -53,13 +53,6 @@ class Pipeline:
     def score(self, images: Sequence[SourceImage]) -> list[Scored]:
         return self.predictor(images)
 
-    def explain(self, scored: Scored) -> HeatMap | None:
-        if self.method == "none":
-            return None
-        from explain import explain
-
-        return explain(self.model, scored, method=self.method, sanity=self.sanity)
-
     def complete(self, scored: Scored, method: str | None = None,
                  build_dicom: bool = True) -> Outcome:
         """Explain (``method``, default the pipeline's) and build the result objects."""
@@ -77,6 +70,3 @@ class Pipeline:
             outcome.results = self.builder.build(scored.image, scored.prediction,
                                                  outcome.heatmap)
         return outcome
-
-    def run(self, images: Sequence[SourceImage]) -> list[Outcome]:
-        return [self.complete(s) for s in self.score(images)]

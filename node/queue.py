@@ -191,12 +191,8 @@ class SqliteQueue:
                        " next_try=?, updated=? WHERE id=?",
                        (state, reason, next_try or 0, time.time(), delivery_id))
 
-    def attempts(self, delivery_id: int) -> int:
-        row = self._db().execute("SELECT attempts FROM deliveries WHERE id=?",
-                                 (delivery_id,)).fetchone()
-        return int(row[0]) if row else 0
-
-    def unsent_paths(self, job_id: int) -> int:
+    def unsent_deliveries(self, job_id: int) -> int:
+        """How many deliveries of ``job_id`` are not confirmed yet."""
         row = self._db().execute("SELECT COUNT(*) FROM deliveries WHERE job_id=? AND"
                                  " state!='sent'", (job_id,)).fetchone()
         return int(row[0])

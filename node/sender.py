@@ -88,7 +88,7 @@ class Sender(threading.Thread):
             return
         if not self.queue.path_needed(d.path):
             self.spool.remove(Path(d.path))
-        if self.queue.unsent_paths(d.job_id) == 0:
+        if self.queue.unsent_deliveries(d.job_id) == 0:
             job = self.queue.job(d.job_id)
             if job is not None:
                 self.spool.remove(Path(job.path))

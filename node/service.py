@@ -39,8 +39,8 @@ class Node:
         self.queue = SqliteQueue(settings.spool / "queue.sqlite3")
         # DIMSE is never refused for depth (a modality cannot wait); HTTP is (503).
         self.intake = Intake(self.spool, self.queue)
-        self.http_intake = Intake(self.spool, self.queue, settings.max_queue_depth)
-        self.http_intake.wake = self.intake.wake
+        self.http_intake = Intake(self.spool, self.queue, settings.max_queue_depth,
+                                  wake=self.intake.wake)
         self.workers: list[Worker] = []
         self.sender = Sender(settings, self.queue, self.spool, self.stop_event)
         self.scp = None
