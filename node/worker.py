@@ -135,9 +135,10 @@ class Worker(threading.Thread):
         destinations = self.destinations(job)
         items: list[tuple[str, str, str]] = []
         if destinations:
-            for ds in outcome.objects.values():
+            for kind, ds in outcome.objects.items():
                 uid = str(ds.SOPInstanceUID)
-                path = self.spool.write(self.spool.outbox, f"{uid}.dcm", encode(ds))
+                data = outcome.results.part10(kind)
+                path = self.spool.write(self.spool.outbox, f"{uid}.dcm", data)
                 items += [(d, str(path), uid) for d in destinations]
         self.queue.finish(job.id, "done", None, items)
         if not destinations and self.settings.purge_delivered:

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import datetime
+import io
 import logging
 import threading
 from collections import OrderedDict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -54,6 +55,19 @@ class ResultSet:
     sc: Dataset | None = None
     pm: Dataset | None = None
     heatmap_note: str | None = None
+    _encoded: dict[str, bytes] = field(default_factory=dict, repr=False, compare=False)
+
+    def part10(self, kind: str) -> bytes:
+        """The ``kind`` object as a DICOM Part 10 file (Explicit VR LE), encoded once."""
+        data = self._encoded.get(kind)
+        if data is None:
+            ds = dict(self.items()).get(kind)
+            if ds is None:
+                raise KeyError(f"no {kind!r} object in this result set")
+            buffer = io.BytesIO()
+            dcmwrite(buffer, ds, enforce_file_format=True)
+            data = self._encoded[kind] = buffer.getvalue()
+        return data
 
     def items(self) -> list[tuple[str, Dataset]]:
         """``(type, dataset)`` of the objects present, SR first."""
@@ -70,10 +84,10 @@ class ResultSet:
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
         written: dict[str, Path] = {}
-        for kind, ds in self.items():
+        for kind, _ in self.items():
             path = out / FILE_NAMES[kind]
             tmp = path.with_name(path.name + ".part")
-            dcmwrite(tmp, ds, enforce_file_format=True)
+            tmp.write_bytes(self.part10(kind))
             tmp.replace(path)
             written[kind] = path
         return written

@@ -19,8 +19,10 @@ Layout (PS3.16 TID 1500)::
 from __future__ import annotations
 
 import datetime
+import logging
 import math
 from collections.abc import Sequence
+from functools import partial
 
 from highdicom.sr import (
     AlgorithmIdentification,
@@ -42,7 +44,10 @@ from highdicom.sr import (
     TextContentItem,
     TrackingIdentifier,
 )
+from pydicom.dataelem import RawDataElement
+from pydicom.dataset import Dataset
 from pydicom.sr.codedict import codes as dcm_codes
+from pydicom.tag import Tag
 
 from dicom_io.results import codes
 from dicom_io.results._common import (
@@ -52,12 +57,26 @@ from dicom_io.results._common import (
     date_time_kwargs,
     finish,
 )
+from dicom_io.results.stencil import GroupStencils, StencilError, source_slots
 from dicom_io.results.uids import tracking_uid
+
+logger = logging.getLogger(__name__)
 
 _CONTAINS = RelationshipTypeValues.CONTAINS
 _ACQ = RelationshipTypeValues.HAS_ACQ_CONTEXT
 _PIXELS = CodedConcept("{pixels}", "UCUM", "Pixels")
 _MM = CodedConcept.from_code(dcm_codes.UCUM.Millimeter)
+_CONTENT_SEQUENCE = 0x0040A730
+_IMAGING_MEASUREMENTS = ("126010", "DCM")
+
+
+def _imaging_measurements(sr: Dataset) -> Dataset:
+    """The root's Imaging Measurements container (TID 1500 row 6)."""
+    for item in sr.ContentSequence:
+        name = item.get("ConceptNameCodeSequence")
+        if name and (name[0].CodeValue, name[0].CodingSchemeDesignator) == _IMAGING_MEASUREMENTS:
+            return item
+    raise StencilError("the report has no Imaging Measurements container")
 
 
 def finding_values(prediction: object) -> list[tuple[str, float, float, bool]]:
@@ -118,6 +137,8 @@ class FindingsReportTemplate:
         for label in labels:
             if label:
                 self.code(label)
+        self._group_stencils: dict[str, GroupStencils] = {}
+        self._no_stencil: set[str] = set()
 
     def code(self, label: str) -> CodedConcept:
         code = self._codes.get(label)
@@ -210,34 +231,24 @@ class FindingsReportTemplate:
         series_number: int,
         sop_instance_uid: str,
         series_description: str,
+        stencil: bool = True,
     ) -> Comprehensive3DSR:
-        """The SR of one image's prediction (and what became of its heat map)."""
+        """The SR of one image's prediction (and what became of its heat map).
+
+        With ``stencil`` (the default) highdicom builds the document with the first
+        measurement group only, and the groups are then filled from byte stencils
+        (:mod:`~dicom_io.results.stencil`): the same bytes, several times faster. The
+        returned dataset holds the groups as one raw (still encoded) Content Sequence.
+        """
         findings = finding_values(prediction)
-        source_ref = SourceImageForMeasurementGroup(
-            referenced_sop_class_uid=source.sop_class_uid,
-            referenced_sop_instance_uid=source.sop_uid,
-        )
-        groups = []
-        for label, p, t, positive in findings:
-            concept = self.code(label)
-            groups.append(MeasurementsAndQualitativeEvaluations(
-                tracking_identifier=TrackingIdentifier(
-                    uid=tracking_uid(source.sop_uid, self.model.sha256, label),
-                    identifier=label,
-                ),
-                finding_type=concept,
-                algorithm_id=self.algorithm,
-                measurements=[
-                    Measurement(name=codes.PROBABILITY, value=round(p, 6),
-                                unit=codes.UNIT_PROBABILITY),
-                    Measurement(name=codes.THRESHOLD, value=round(t, 6),
-                                unit=codes.UNIT_PROBABILITY),
-                ],
-                qualitative_evaluations=[QualitativeEvaluation(
-                    name=concept, value=codes.PRESENT if positive else codes.ABSENT,
-                )],
-                source_images=[source_ref],
-            ))
+        stencils = self._stencils([label for label, *_ in findings]) if stencil else None
+        # With stencils highdicom builds the first group only; all are filled afterwards.
+        chosen = findings if stencils is None else findings[:1]
+        groups = [
+            self.group(label, tracking_uid(source.sop_uid, self.model.sha256, label),
+                       round(p, 6), round(t, 6), positive, source.sop_class_uid, source.sop_uid)
+            for label, p, t, positive in chosen
+        ]
         report = MeasurementReport(
             observation_context=self.observation_context,
             procedure_reported=codes.PROCEDURE_CHEST_XRAY,
@@ -267,7 +278,64 @@ class FindingsReportTemplate:
             **date_time_kwargs(when),
         )
         finish(sr, self.model, when)
+        if stencils is not None:
+            slots = source_slots(source.sop_class_uid, source.sop_uid)
+            body = b"".join(
+                stencils[label].fill(tracking_uid(source.sop_uid, self.model.sha256, label),
+                                     round(p, 6), round(t, 6), positive, slots)
+                for label, p, t, positive in findings
+            )
+            measurements = _imaging_measurements(sr)
+            measurements[_CONTENT_SEQUENCE] = RawDataElement(
+                Tag(_CONTENT_SEQUENCE), "SQ", len(body), body, 0, False, True)
+            # Written as they are (Explicit VR LE), not parsed and encoded again by pydicom.
+            for ds in (sr, measurements):
+                ds.set_original_encoding(False, True, ds._character_set)
         return sr
+
+    def group(self, label: str, uid: str, probability: float, threshold: float,
+              positive: bool, sop_class_uid: str, sop_uid: str) -> Dataset:
+        """One label's measurement group (TID 1501), built by highdicom."""
+        concept = self.code(label)
+        return MeasurementsAndQualitativeEvaluations(
+            tracking_identifier=TrackingIdentifier(uid=uid, identifier=label),
+            finding_type=concept,
+            algorithm_id=self.algorithm,
+            measurements=[
+                Measurement(name=codes.PROBABILITY, value=probability,
+                            unit=codes.UNIT_PROBABILITY),
+                Measurement(name=codes.THRESHOLD, value=threshold,
+                            unit=codes.UNIT_PROBABILITY),
+            ],
+            qualitative_evaluations=[QualitativeEvaluation(
+                name=concept, value=codes.PRESENT if positive else codes.ABSENT,
+            )],
+            source_images=[SourceImageForMeasurementGroup(
+                referenced_sop_class_uid=sop_class_uid, referenced_sop_instance_uid=sop_uid,
+            )],
+        )
+
+    def _group_item(self, label: str, *args: object) -> Dataset:
+        return self.group(label, *args)[0]  # the template's one container item
+
+    def _stencils(self, labels: list[str]) -> dict[str, GroupStencils] | None:
+        """Each label's group stencils (made on first use); None where one cannot be made."""
+        out = {}
+        for label in labels:
+            stencil = self._group_stencils.get(label)
+            if stencil is None:
+                if label in self._no_stencil:
+                    return None
+                try:
+                    stencil = GroupStencils(partial(self._group_item, label))
+                except StencilError as e:  # highdicom changed: build everything with it
+                    logger.warning("no SR stencil for label %r (%s): highdicom builds it",
+                                   label, e)
+                    self._no_stencil.add(label)
+                    return None
+                self._group_stencils[label] = stencil
+            out[label] = stencil
+        return out
 
 
 __all__ = ["FindingsReportTemplate", "finding_values"]

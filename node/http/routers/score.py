@@ -18,7 +18,6 @@ from node.http.deps import body_limit, get_node, read_body, require_token
 from node.http.errors import ApiError
 from node.http.multipart import build_related
 from node.scoring import score_document, validate_upload
-from node.worker import encode
 
 router = APIRouter(tags=["scoring"], dependencies=[Depends(require_token)])
 
@@ -75,13 +74,18 @@ async def score(
     closed = await node_score(node, data, str(ds.SOPInstanceUID),
                               {"explain": explain, "dicom": dicom})
     if dicom:
-        objects = closed.outcome.objects
-        body, content_type = await run_in_threadpool(
-            build_related, [encode(objects[k]) for k in ("sr", "sc", "pm") if k in objects])
+        body, content_type = await run_in_threadpool(_related, closed.outcome)
         return Response(body, media_type=content_type)
     document = await run_in_threadpool(score_document, node.model, closed.outcome,
                                        explain != "none")
     return JSONResponse(document)
+
+
+def _related(outcome) -> tuple[bytes, str]:
+    """The result objects as one multipart/related body of application/dicom parts."""
+    results = outcome.results
+    return build_related([results.part10(kind) for kind, _ in results.items()]
+                         if results is not None else [])
 
 
 async def node_score(node, data: bytes, sop_uid: str, options: dict):

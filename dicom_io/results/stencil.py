@@ -1,0 +1,274 @@
+"""Byte stencils: the SR's measurement groups encoded once per label, filled per image.
+
+highdicom spends most of an SR's build in the 26 measurement groups (deep copies, evidence
+search) and pydicom most of its encoding. A group differs between images only in a few
+values, so each label's group is built **once** with highdicom from synthetic values
+(never from an image), encoded as Explicit VR Little Endian, and cut into constant bytes
+and *slots*. Per image the slots are filled and the lengths of the enclosing sequences and
+items recomputed: no highdicom object, no pydicom writer.
+
+Safety: a stencil holds only the synthetic values it was made from, so it cannot carry one
+patient's data into another's report. It is checked when made (every slot found exactly
+once, no synthetic value left in the constant bytes, and filling the synthetic values
+gives back the original bytes), and the tests compare whole SRs built through stencils
+with SRs built entirely by highdicom, byte for byte.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+
+from pydicom.dataset import Dataset
+from pydicom.filebase import DicomBytesIO
+from pydicom.filewriter import write_dataset
+from pydicom.valuerep import DS
+
+ITEM_TAG = b"\xfe\xff\x00\xe0"
+#: VRs whose Explicit VR header has a 4-byte length (PS3.5 7.1.2).
+LONG_VRS = frozenset({b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"SV", b"UC", b"UN",
+                      b"UR", b"UT", b"UV"})
+UNDEFINED = 0xFFFFFFFF
+
+#: Slot tags: (group, element) of the elements a stencil fills per image.
+TAG_NUMERIC_VALUE = (0x0040, 0xA30A)  # DS
+TAG_FLOATING_POINT_VALUE = (0x0040, 0xA161)  # FD
+TAG_REFERENCED_SOP_CLASS_UID = (0x0008, 0x1150)  # UI
+TAG_REFERENCED_SOP_INSTANCE_UID = (0x0008, 0x1155)  # UI
+TAG_UID = (0x0040, 0xA124)  # UI (Tracking Unique Identifier is a UIDREF content item)
+
+
+class StencilError(ValueError):
+    """A stencil could not be made: the encoded template is not what was expected."""
+
+
+def _tag_bytes(tag: tuple[int, int]) -> bytes:
+    return struct.pack("<HH", *tag)
+
+
+def ui_element(tag: tuple[int, int], uid: str) -> bytes:
+    """An Explicit VR LE UI element (value padded with NUL to even length)."""
+    value = uid.encode("ascii")
+    if len(value) % 2:
+        value += b"\0"
+    return _tag_bytes(tag) + b"UI" + struct.pack("<H", len(value)) + value
+
+
+def ds_text(value: float) -> str:
+    """A decimal string as highdicom writes a float (``DS(value, auto_format=True)``)."""
+    ds = DS(value, auto_format=True)
+    return getattr(ds, "original_string", None) or str(ds)
+
+
+def ds_element(tag: tuple[int, int], value: float) -> bytes:
+    text = ds_text(value).encode("ascii")
+    if len(text) % 2:
+        text += b" "
+    return _tag_bytes(tag) + b"DS" + struct.pack("<H", len(text)) + text
+
+
+def fd_element(tag: tuple[int, int], value: float) -> bytes:
+    return _tag_bytes(tag) + b"FD" + struct.pack("<H", 8) + struct.pack("<d", value)
+
+
+def encode_item(item: Dataset) -> bytes:
+    """One sequence item as pydicom writes it in Explicit VR LE (defined length)."""
+    fp = DicomBytesIO()
+    fp.is_little_endian = True
+    fp.is_implicit_VR = False
+    write_dataset(fp, item)
+    body = fp.getvalue()
+    return ITEM_TAG + struct.pack("<I", len(body)) + body
+
+
+def _parse(buf: bytes, start: int, end: int) -> list:
+    """Explicit VR LE elements (or items) in ``buf[start:end]`` as a tree of nodes.
+
+    A node is constant bytes, a slot's name (after :func:`_mark`), or a container whose
+    length is recomputed when filled: ``(header without length, children)``.
+    """
+    nodes: list = []
+    pos = start
+    while pos < end:
+        tag = buf[pos:pos + 4]
+        if tag == ITEM_TAG:
+            (length,) = struct.unpack_from("<I", buf, pos + 4)
+            if length == UNDEFINED:
+                raise StencilError("undefined-length item in template")
+            body = pos + 8
+            nodes.append((ITEM_TAG, _parse(buf, body, body + length)))
+            pos = body + length
+            continue
+        vr = buf[pos + 4:pos + 6]
+        if vr in LONG_VRS:
+            (length,) = struct.unpack_from("<I", buf, pos + 8)
+            header, body = buf[pos:pos + 8], pos + 12
+        else:
+            (length,) = struct.unpack_from("<H", buf, pos + 6)
+            header, body = buf[pos:pos + 6], pos + 8
+        if length == UNDEFINED:
+            raise StencilError("undefined-length element in template")
+        if vr == b"SQ":
+            nodes.append((header, _parse(buf, body, body + length)))
+        else:
+            nodes.append(buf[pos:body + length])
+        pos = body + length
+    if pos != end:
+        raise StencilError("template lengths do not add up")
+    return nodes
+
+
+def _mark(nodes: list, slots: Mapping[bytes, str], found: dict[str, int]) -> list:
+    """Replace leaves equal to a slot's synthetic element by the slot's name; fold the rest."""
+    out: list = []
+    for node in nodes:
+        if isinstance(node, bytes):
+            name = slots.get(node)
+            if name is not None:
+                found[name] = found.get(name, 0) + 1
+                out.append(name)
+            elif out and isinstance(out[-1], bytes):
+                out[-1] += node
+            else:
+                out.append(node)
+        else:
+            header, children = node
+            marked = _mark(children, slots, found)
+            if all(isinstance(c, bytes) for c in marked):  # nothing to fill: constant
+                out_bytes = _render_container(header, [b"".join(marked)])
+                if out and isinstance(out[-1], bytes):
+                    out[-1] += out_bytes
+                else:
+                    out.append(out_bytes)
+            else:
+                out.append((header, marked))
+    return out
+
+
+def _render_container(header: bytes, parts: list[bytes]) -> bytes:
+    body = b"".join(parts)
+    if header == ITEM_TAG:
+        return ITEM_TAG + struct.pack("<I", len(body)) + body
+    if len(header) == 8:  # long VR: reserved bytes already in the header
+        return header + struct.pack("<I", len(body)) + body
+    return header + struct.pack("<H", len(body)) + body
+
+
+def _render(nodes: list, values: Mapping[str, bytes]) -> bytes:
+    parts = []
+    for node in nodes:
+        if isinstance(node, bytes):
+            parts.append(node)
+        elif isinstance(node, str):
+            parts.append(values[node])
+        else:
+            parts.append(_render_container(node[0], [_render(node[1], values)]))
+    return b"".join(parts)
+
+
+@dataclass(frozen=True)
+class Stencil:
+    """An encoded sequence item with named slots; :meth:`fill` gives the item's bytes."""
+
+    nodes: tuple
+    slots: frozenset[str]
+
+    @classmethod
+    def make(cls, item: Dataset, slots: Mapping[str, bytes],
+             synthetic: tuple[bytes, ...] = ()) -> Stencil:
+        """Cut ``item`` (built from synthetic values) at ``slots``.
+
+        ``slots`` maps each slot name to the whole encoded element that holds the synthetic
+        value (tag, VR, length, value); each must occur exactly once. ``synthetic`` are
+        byte strings (the synthetic values themselves) that must not remain in the
+        constant bytes.
+        """
+        encoded = encode_item(item)
+        by_bytes = {element: name for name, element in slots.items()}
+        if len(by_bytes) != len(slots):
+            raise StencilError("two slots share the same synthetic element")
+        found: dict[str, int] = {}
+        nodes = _mark(_parse(encoded, 0, len(encoded)), by_bytes, found)
+        for name in slots:
+            if found.get(name) != 1:
+                raise StencilError(f"slot {name!r} found {found.get(name, 0)} times, not once")
+        stencil = cls(tuple(nodes), frozenset(slots))
+        constant = b"".join(n for n in _flatten(nodes) if isinstance(n, bytes))
+        for value in synthetic:
+            if value in constant:
+                raise StencilError(f"synthetic value {value!r} left in constant bytes")
+        if stencil.fill(slots) != encoded:
+            raise StencilError("stencil does not give back its template")
+        return stencil
+
+    def fill(self, values: Mapping[str, bytes]) -> bytes:
+        """The item's bytes with each slot's encoded element from ``values``."""
+        missing = self.slots.difference(values)
+        if missing:
+            raise KeyError(f"no value for slot(s) {sorted(missing)}")
+        return _render(list(self.nodes), values)
+
+
+def _flatten(nodes: list):
+    for node in nodes:
+        if isinstance(node, tuple):
+            yield from _flatten(node[1])
+        else:
+            yield node
+
+
+#: Builds one measurement group item: (tracking uid, p, t, positive, class uid, sop uid).
+GroupFactory = Callable[[str, float, float, bool, str, str], Dataset]
+
+_SYN_TRACKING = "1.2.826.0.1.3680043.10.1111.1.1"
+_SYN_CLASS = "1.2.826.0.1.3680043.10.1111.2.2"
+_SYN_INSTANCE = "1.2.826.0.1.3680043.10.1111.3.3"
+_SYN_P = 0.271828
+_SYN_T = 0.314159
+
+
+class GroupStencils:
+    """One label's measurement group (TID 1501), as a stencil for Present and for Absent."""
+
+    def __init__(self, factory: GroupFactory) -> None:
+        self.stencils: dict[bool, Stencil] = {}
+        slots = {
+            "tracking": ui_element(TAG_UID, _SYN_TRACKING),
+            "p_ds": ds_element(TAG_NUMERIC_VALUE, _SYN_P),
+            "p_fd": fd_element(TAG_FLOATING_POINT_VALUE, _SYN_P),
+            "t_ds": ds_element(TAG_NUMERIC_VALUE, _SYN_T),
+            "t_fd": fd_element(TAG_FLOATING_POINT_VALUE, _SYN_T),
+            "class": ui_element(TAG_REFERENCED_SOP_CLASS_UID, _SYN_CLASS),
+            "instance": ui_element(TAG_REFERENCED_SOP_INSTANCE_UID, _SYN_INSTANCE),
+        }
+        synthetic = tuple(v.encode() for v in (_SYN_TRACKING, _SYN_CLASS, _SYN_INSTANCE,
+                                               ds_text(_SYN_P), ds_text(_SYN_T)))
+        synthetic += (struct.pack("<d", _SYN_P), struct.pack("<d", _SYN_T))
+        for positive in (True, False):
+            item = factory(_SYN_TRACKING, _SYN_P, _SYN_T, positive, _SYN_CLASS, _SYN_INSTANCE)
+            self.stencils[positive] = Stencil.make(item, slots, synthetic)
+
+    def fill(self, tracking_uid: str, probability: float, threshold: float, positive: bool,
+             source: Mapping[str, bytes]) -> bytes:
+        """The group's item bytes; ``source`` holds the encoded ``class``/``instance`` slots."""
+        values = {
+            "tracking": ui_element(TAG_UID, tracking_uid),
+            "p_ds": ds_element(TAG_NUMERIC_VALUE, probability),
+            "p_fd": fd_element(TAG_FLOATING_POINT_VALUE, probability),
+            "t_ds": ds_element(TAG_NUMERIC_VALUE, threshold),
+            "t_fd": fd_element(TAG_FLOATING_POINT_VALUE, threshold),
+            **source,
+        }
+        return self.stencils[positive].fill(values)
+
+
+def source_slots(sop_class_uid: str, sop_instance_uid: str) -> dict[str, bytes]:
+    """The encoded source reference slots shared by every group of one image."""
+    return {
+        "class": ui_element(TAG_REFERENCED_SOP_CLASS_UID, sop_class_uid),
+        "instance": ui_element(TAG_REFERENCED_SOP_INSTANCE_UID, sop_instance_uid),
+    }
+
+
+__all__ = ["GroupStencils", "Stencil", "StencilError", "encode_item", "source_slots"]
