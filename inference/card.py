@@ -28,7 +28,7 @@ PADCHEST_LABELS: tuple[str, ...] = (
 )  # fmt: skip
 
 OUTPUT_KINDS = ("logits", "probabilities")
-RESIZE_ENGINES = ("skimage", "cv2")
+RESIZE_ENGINES = ("skimage", "skimage-reference", "cv2")
 DEFAULT_INTENDED_USE = (
     "Research use only. Triage aid for frontal (PA/AP) adult chest radiographs; "
     "not for diagnostic use. Findings must be confirmed by a radiologist."

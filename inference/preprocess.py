@@ -3,7 +3,8 @@
 Training (torchxrayvision datasets, e.g. PadChest 16-bit PNGs) did, per image:
 ``xrv.datasets.normalize(img, maxval, reshape=True)`` (scale to [-1024, 1024], add channel),
 ``XRayCenterCrop()`` (square crop of the short side, centred), ``XRayResizer(224)``
-(``skimage.transform.resize``, anti-aliased). :func:`pre_process` calls those same functions.
+(``skimage.transform.resize``, anti-aliased). :func:`pre_process` does the same, with the
+resize computed only where the model reads it (:mod:`inference.resize`).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import numpy as np
 import torchxrayvision as xrv
 
 from inference.card import Preprocessing
+from inference.resize import resize_square
 
 
 @dataclass(frozen=True)
@@ -78,13 +80,33 @@ class Geometry:
 
 
 def pre_process(pixels: np.ndarray, maxval: int, pre: Preprocessing) -> tuple[np.ndarray, Geometry]:
-    """One display image (``0..maxval``) to the model input ``(1, size, size)`` float32."""
+    """One display image (``0..maxval``) to the model input ``(1, size, size)`` float32.
+
+    ``pre.resize``: ``"skimage"`` crops first, then scales exactly as
+    ``xrv.datasets.normalize`` does (the same float32 operations, so the same values) and
+    resizes with :func:`inference.resize.resize_square` (skimage's operator, within one
+    float32 rounding step of it); ``"skimage-reference"`` and ``"cv2"`` call torchxrayvision's
+    functions literally, in training's order.
+    """
     if pixels.ndim != 2:
         raise ValueError(f"pixels must be 2-D, got shape {pixels.shape}")
+    geometry = Geometry.for_source(*pixels.shape, pre.size)
+    if pre.resize == "skimage":
+        # normalize's own check, on the whole image (needless when the type cannot exceed)
+        bounded = pixels.dtype.kind in "ui" and np.iinfo(pixels.dtype).max <= maxval
+        if not bounded and pixels.max() > maxval:
+            raise ValueError(f"max image value ({pixels.max()}) higher than expected "
+                             f"bound ({maxval}).")
+        crop = pixels[geometry.top:geometry.top + geometry.side,
+                      geometry.left:geometry.left + geometry.side]
+        img = ((2 * (crop.astype(np.float32) / maxval) - 1.0) * 1024)[None]
+        img = img * (pre.scale / 1024.0)
+        return resize_square(img, pre.size), geometry
     img = xrv.datasets.normalize(pixels, maxval, reshape=True) * (pre.scale / 1024.0)
     img = xrv.datasets.XRayCenterCrop()(img)
-    img = xrv.datasets.XRayResizer(pre.size, engine=pre.resize)(img)
-    return img.astype(np.float32, copy=False), Geometry.for_source(*pixels.shape, pre.size)
+    engine = "skimage" if pre.resize == "skimage-reference" else pre.resize
+    img = xrv.datasets.XRayResizer(pre.size, engine=engine)(img)
+    return img.astype(np.float32, copy=False), geometry
 
 
 def pre_process_batch(
