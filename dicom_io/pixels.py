@@ -73,8 +73,10 @@ def _voi_lut(arr: np.ndarray, ds: Dataset) -> tuple[np.ndarray, int]:
     return table[:entries][index], bits
 
 
-def _voi(arr: np.ndarray, ds: Dataset, steps: list[str]) -> tuple[np.ndarray, float, float]:
-    """Apply the first VOI transform of ``ds``; return the values and their output range."""
+def _voi(arr: np.ndarray, ds: Dataset, steps: list[str], present
+         ) -> tuple[np.ndarray, float, float]:
+    """Apply the first VOI transform of ``ds``; return the values and their output range
+    (``present`` picks the values of pixels in the image, for the min..max fallback)."""
     if ds.get("VOILUTSequence"):
         try:
             out, bits = _voi_lut(arr, ds)
@@ -98,12 +100,13 @@ def _voi(arr: np.ndarray, ds: Dataset, steps: list[str]) -> tuple[np.ndarray, fl
             return out, lo, hi
         except Exception as e:
             logger.warning("window unusable (%s); using the full pixel range", e)
-    lo, hi = float(arr.min()), float(arr.max())
+    seen = present(np.asarray(arr))
+    lo, hi = float(seen.min()), float(seen.max())
     steps.append("no usable VOI: full pixel range (min to max)")
     return arr, lo, hi
 
 
-def display_pixels(ds: Dataset) -> DisplayPixels:
+def display_pixels(ds: Dataset, *, table: bool = True) -> DisplayPixels:
     """Decode ``ds`` and return its display image as ``uint16`` MONOCHROME2 in ``0..65535``.
 
     Steps, in this order (PS3.4 N.2 grayscale pipeline, as pydicom implements it):
@@ -119,6 +122,11 @@ def display_pixels(ds: Dataset) -> DisplayPixels:
 
     A Presentation LUT Sequence is not applied (radiograph IODs do not use it).
 
+    Steps 2-5 depend on nothing but the stored value, so for integer pixels of up to 16 bits
+    (``table``, the default) they run once on every value between the image's minimum and
+    maximum, and the image is then looked up in that table: the same arithmetic on each
+    value, done once per distinct value instead of once per pixel.
+
     Raises:
         InvalidInputError: the pixel data cannot be decoded (``decode-failed``), the modality
             LUT or rescale is unusable (``corrupt``), or the image is blank (``blank-image``).
@@ -132,6 +140,23 @@ def display_pixels(ds: Dataset) -> DisplayPixels:
         raise InvalidInputError("decode-failed", f"pixel data not decodable ({name}): {e}") from e
     if stored.ndim != 2:
         raise InvalidInputError("dimensions", f"decoded pixel array has shape {stored.shape}")
+    if not (table and stored.dtype.kind in "ui" and stored.dtype.itemsize <= 2):
+        return DisplayPixels(_to_display(stored, ds, steps, lambda a: a), steps)
+    low, high = int(stored.min()), int(stored.max())
+    domain = np.arange(low, high + 1, dtype=stored.dtype)
+    index = stored if low == 0 else np.subtract(stored, low, dtype=np.int32)
+
+    def present(values: np.ndarray) -> np.ndarray:
+        """The table's values at the stored values that occur in the image."""
+        return values[np.bincount(index.ravel(), minlength=domain.size) > 0]
+
+    values = _to_display(domain, ds, steps, present)
+    return DisplayPixels(values.take(index), steps)
+
+
+def _to_display(stored: np.ndarray, ds: Dataset, steps: list[str], present) -> np.ndarray:
+    """Steps 2-5 of :func:`display_pixels` on ``stored`` values; ``present(values)`` keeps
+    those of the image's pixels (for the min..max fallbacks)."""
     try:
         arr = apply_modality_lut(stored, ds)
     except Exception as e:  # e.g. a Modality LUT without LUT Data, a slope that is not a number
@@ -141,9 +166,10 @@ def display_pixels(ds: Dataset) -> DisplayPixels:
     elif "RescaleSlope" in ds or "RescaleIntercept" in ds:
         steps.append(f"rescale slope {ds.get('RescaleSlope', 1)} intercept "
                      f"{ds.get('RescaleIntercept', 0)}")
-    arr, lo, hi = _voi(arr, ds, steps)
+    arr, lo, hi = _voi(arr, ds, steps, present)
     if not hi > lo:
-        arr, lo, hi = arr, float(arr.min()), float(arr.max())
+        seen = present(np.asarray(arr))
+        lo, hi = float(seen.min()), float(seen.max())
     if not hi > lo:
         raise InvalidInputError("blank-image", "every pixel has the same value")
     scaled = (np.asarray(arr, dtype=np.float64) - lo) * (DISPLAY_MAX / (hi - lo))
@@ -153,4 +179,4 @@ def display_pixels(ds: Dataset) -> DisplayPixels:
     if photometric == "MONOCHROME1" or shape == "INVERSE":
         scaled = DISPLAY_MAX - scaled
         steps.append(f"inverted ({photometric}, Presentation LUT Shape {shape or 'absent'})")
-    return DisplayPixels(np.rint(scaled).astype(np.uint16), steps)
+    return np.rint(scaled).astype(np.uint16)

@@ -312,3 +312,41 @@ def test_undecodable_pixel_data_is_decode_failed():
     with pytest.raises(InvalidInputError) as e:
         display_pixels(ds)
     assert e.value.code == "decode-failed"
+
+
+# --- the lookup table over stored values equals the per-pixel pipeline ---------------------
+
+
+def _sparse_values(rng: np.random.Generator, lo: int, hi: int) -> np.ndarray:
+    """Random values with gaps (values absent from the image must not shift min..max)."""
+    picks = rng.choice(np.arange(lo, hi + 1), size=7, replace=False)
+    return rng.choice(picks, size=(ROWS, COLUMNS))
+
+
+@pytest.mark.parametrize(
+    ("bits", "signed", "attributes"),
+    [
+        (15, False, {"photometric": "MONOCHROME1"}),
+        (12, False, {"WindowCenter": 2000, "WindowWidth": 1000}),
+        (12, False, {"WindowCenter": 2000, "WindowWidth": 1000, "VOILUTFunction": "SIGMOID"}),
+        (12, False, {"WindowCenter": 2000, "WindowWidth": 1000,
+                     "VOILUTFunction": "LINEAR_EXACT", "RescaleSlope": -1,
+                     "RescaleIntercept": 4095}),
+        (16, True, {"RescaleSlope": 0.25, "RescaleIntercept": -100}),
+        (16, True, {}),
+        (8, False, {"PresentationLUTShape": "INVERSE"}),
+        (12, False, {"VOILUTSequence": "lut"}),
+        (12, False, {"WindowCenter": 500, "WindowWidth": 0}),
+    ],
+)
+def test_table_lookup_equals_the_pixelwise_pipeline(bits: int, signed: bool, attributes: dict):
+    rng = np.random.default_rng(bits * 7 + len(attributes))
+    lo, hi = (-(2 ** (bits - 1)), 2 ** (bits - 1) - 1) if signed else (0, 2**bits - 1)
+    if attributes.get("VOILUTSequence") == "lut":
+        attributes = {"VOILUTSequence": [voi_lut_item(rng.integers(0, 4096, 4096), 0, 12)]}
+    for values in (rng.integers(lo, hi + 1, size=(ROWS, COLUMNS)),
+                   _sparse_values(rng, lo, hi)):
+        ds = make_ds(values, bits, signed=signed, **attributes)
+        table, direct = display_pixels(ds), display_pixels(ds, table=False)
+        assert np.array_equal(table.array, direct.array)
+        assert table.steps == direct.steps
