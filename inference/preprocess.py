@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import lru_cache
 
 import numpy as np
 import torchxrayvision as xrv
@@ -79,6 +80,20 @@ class Geometry:
         return cv2.resize(crop, (self.size, self.size), interpolation=cv2.INTER_AREA)
 
 
+def _normalise(values: np.ndarray, maxval: int, scale: float) -> np.ndarray:
+    """``xrv.datasets.normalize`` (float32 operations, in its order), then ``scale``."""
+    return ((2 * (values.astype(np.float32) / maxval) - 1.0) * 1024) * (scale / 1024.0)
+
+
+@lru_cache(maxsize=8)
+def _normalised(dtype: str, maxval: int, scale: float) -> np.ndarray:
+    """:func:`_normalise` of every value of an unsigned ``dtype``, held as float64."""
+    values = np.arange(np.iinfo(np.dtype(dtype)).max + 1, dtype=np.dtype(dtype))
+    table = _normalise(values, maxval, scale).astype(np.float64)
+    table.flags.writeable = False
+    return table
+
+
 def pre_process(pixels: np.ndarray, maxval: int, pre: Preprocessing) -> tuple[np.ndarray, Geometry]:
     """One display image (``0..maxval``) to the model input ``(1, size, size)`` float32.
 
@@ -99,8 +114,10 @@ def pre_process(pixels: np.ndarray, maxval: int, pre: Preprocessing) -> tuple[np
                              f"bound ({maxval}).")
         crop = pixels[geometry.top:geometry.top + geometry.side,
                       geometry.left:geometry.left + geometry.side]
-        img = ((2 * (crop.astype(np.float32) / maxval) - 1.0) * 1024)[None]
-        img = img * (pre.scale / 1024.0)
+        if pixels.dtype in (np.uint8, np.uint16):  # every value once, then a lookup
+            img = _normalised(pixels.dtype.str, maxval, pre.scale).take(crop)[None]
+        else:
+            img = _normalise(crop, maxval, pre.scale)[None]
         return resize_square(img, pre.size), geometry
     img = xrv.datasets.normalize(pixels, maxval, reshape=True) * (pre.scale / 1024.0)
     img = xrv.datasets.XRayCenterCrop()(img)

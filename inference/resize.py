@@ -62,9 +62,10 @@ def axis_operator(n_in: int, n_out: int) -> sp.csr_matrix:
 
 
 def resize_square(img: np.ndarray, size: int) -> np.ndarray:
-    """``XRayResizer(size)`` of a ``(1, side, side)`` float32 image: ``(1, size, size)``.
+    """``XRayResizer(size)`` of a ``(1, side, side)`` image: ``(1, size, size)`` float32.
 
-    Like skimage, the output is clipped to the input's range.
+    Like skimage, the output is clipped to the input's range. Computed in float64 (a
+    float32 input is converted; pass float64 holding float32 values to skip the copy).
     """
     if img.ndim != 3 or img.shape[0] != 1 or img.shape[1] != img.shape[2]:
         raise ValueError(f"expected a (1, side, side) image, got shape {img.shape}")
