@@ -44,6 +44,7 @@ from highdicom.sr import (
     TextContentItem,
     TrackingIdentifier,
 )
+from pydicom.charset import default_encoding
 from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset
 from pydicom.sr.codedict import codes as dcm_codes
@@ -57,7 +58,7 @@ from dicom_io.results._common import (
     date_time_kwargs,
     finish,
 )
-from dicom_io.results.stencil import GroupStencils, StencilError, source_slots
+from dicom_io.results.stencil import GroupStencils, StencilError, encode_item, source_slots
 from dicom_io.results.uids import tracking_uid
 
 logger = logging.getLogger(__name__)
@@ -68,15 +69,26 @@ _PIXELS = CodedConcept("{pixels}", "UCUM", "Pixels")
 _MM = CodedConcept.from_code(dcm_codes.UCUM.Millimeter)
 _CONTENT_SEQUENCE = 0x0040A730
 _IMAGING_MEASUREMENTS = ("126010", "DCM")
+_IMAGE_LIBRARY = ("111028", "DCM")
 
 
-def _imaging_measurements(sr: Dataset) -> Dataset:
-    """The root's Imaging Measurements container (TID 1500 row 6)."""
-    for item in sr.ContentSequence:
-        name = item.get("ConceptNameCodeSequence")
-        if name and (name[0].CodeValue, name[0].CodingSchemeDesignator) == _IMAGING_MEASUREMENTS:
-            return item
-    raise StencilError("the report has no Imaging Measurements container")
+def _concept(item: Dataset) -> tuple[str, str] | None:
+    name = item.get("ConceptNameCodeSequence")
+    return (str(name[0].CodeValue), str(name[0].CodingSchemeDesignator)) if name else None
+
+
+def _shallow(item: Dataset) -> Dataset:
+    copy = Dataset()
+    copy.update(item)
+    return copy
+
+
+def _set_raw_content(ds: Dataset, encoded: bytes) -> None:
+    """``ds``'s Content Sequence as already encoded (Explicit VR LE) items, written as they
+    are: pydicom neither parses nor encodes them again."""
+    ds[_CONTENT_SEQUENCE] = RawDataElement(
+        Tag(_CONTENT_SEQUENCE), "SQ", len(encoded), encoded, 0, False, True)
+    ds.set_original_encoding(False, True, ds._character_set)
 
 
 def finding_values(prediction: object) -> list[tuple[str, float, float, bool]]:
@@ -235,20 +247,24 @@ class FindingsReportTemplate:
     ) -> Comprehensive3DSR:
         """The SR of one image's prediction (and what became of its heat map).
 
-        With ``stencil`` (the default) highdicom builds the document with the first
-        measurement group only, and the groups are then filled from byte stencils
-        (:mod:`~dicom_io.results.stencil`): the same bytes, several times faster. The
-        returned dataset holds the groups as one raw (still encoded) Content Sequence.
+        With ``stencil`` (the default) the content tree is encoded here: the measurement
+        groups are filled from byte stencils (:mod:`~dicom_io.results.stencil`), the other
+        items are built by highdicom and encoded by pydicom. highdicom builds the document
+        around a content tree holding only the image library (all it reads from the content
+        is the evidence the tree references), and the encoded tree replaces it: the same
+        bytes, several times faster. The returned dataset holds its content tree raw.
         """
         findings = finding_values(prediction)
         stencils = self._stencils([label for label, *_ in findings]) if stencil else None
-        # With stencils highdicom builds the first group only; all are filled afterwards.
-        chosen = findings if stencils is None else findings[:1]
-        groups = [
-            self.group(label, tracking_uid(source.sop_uid, self.model.sha256, label),
-                       round(p, 6), round(t, 6), positive, source.sop_class_uid, source.sop_uid)
-            for label, p, t, positive in chosen
-        ]
+        if stencils is None:
+            groups = [
+                self.group(label, tracking_uid(source.sop_uid, self.model.sha256, label),
+                           round(p, 6), round(t, 6), positive, source.sop_class_uid,
+                           source.sop_uid)
+                for label, p, t, positive in findings
+            ]
+        else:  # a stand-in: the container's content is filled from the stencils below
+            groups = [stencils[findings[0][0]].synthetic]
         report = MeasurementReport(
             observation_context=self.observation_context,
             procedure_reported=codes.PROCEDURE_CHEST_XRAY,
@@ -260,10 +276,21 @@ class FindingsReportTemplate:
         root.insert(len(root) - 1, self._image_library(source))
         root.append(self._evaluations(heatmap))
 
+        content: Dataset = report[0]
+        encoded = None
+        if stencils is not None:
+            charset = source.reference.get("SpecificCharacterSet") or default_encoding
+            encoded = self._content_bytes(content, findings, stencils, source, charset)
+            # highdicom needs the content only for the evidence it references: the source.
+            content = Dataset()
+            content.update(report[0])
+            content.ContentSequence = [item for item in report[0].ContentSequence
+                                       if _concept(item) == _IMAGE_LIBRARY]
+
         # The private scheme is always declared: the TEXT item names use it.
         sr = Comprehensive3DSR(
             evidence=[source.reference_copy()],
-            content=report,
+            content=content,
             series_instance_uid=series_instance_uid,
             series_number=series_number,
             sop_instance_uid=sop_instance_uid,
@@ -278,23 +305,30 @@ class FindingsReportTemplate:
             **date_time_kwargs(when),
         )
         finish(sr, self.model, when)
-        if stencils is not None:
-            slots = source_slots(source.sop_class_uid, source.sop_uid)
-            body = b"".join(
-                stencils[label].fill(tracking_uid(source.sop_uid, self.model.sha256, label),
-                                     round(p, 6), round(t, 6), positive, slots)
-                for label, p, t, positive in findings
-            )
-            measurements = _imaging_measurements(sr)
-            measurements[_CONTENT_SEQUENCE] = RawDataElement(
-                Tag(_CONTENT_SEQUENCE), "SQ", len(body), body, 0, False, True)
-            # Written as they are (Explicit VR LE), not parsed and encoded again by pydicom.
-            for ds in (sr, measurements):
-                ds.set_original_encoding(False, True, ds._character_set)
+        if encoded is not None:
+            _set_raw_content(sr, encoded)
         return sr
 
+    def _content_bytes(self, root: Dataset, findings: list, stencils: dict[str, GroupStencils],
+                       source: SourceContext, charset: str | list[str]) -> bytes:
+        """The root's Content Sequence encoded, its groups filled from the stencils."""
+        slots = source_slots(source.sop_class_uid, source.sop_uid)
+        groups = b"".join(
+            stencils[label].fill(tracking_uid(source.sop_uid, self.model.sha256, label),
+                                 round(p, 6), round(t, 6), positive, slots)
+            for label, p, t, positive in findings
+        )
+        parts = []
+        for item in root.ContentSequence:
+            if _concept(item) == _IMAGING_MEASUREMENTS:
+                item = _shallow(item)
+                _set_raw_content(item, groups)
+            parts.append(encode_item(item, charset))
+        return b"".join(parts)
+
     def group(self, label: str, uid: str, probability: float, threshold: float,
-              positive: bool, sop_class_uid: str, sop_uid: str) -> Dataset:
+              positive: bool, sop_class_uid: str, sop_uid: str
+              ) -> MeasurementsAndQualitativeEvaluations:
         """One label's measurement group (TID 1501), built by highdicom."""
         concept = self.code(label)
         return MeasurementsAndQualitativeEvaluations(
@@ -315,11 +349,16 @@ class FindingsReportTemplate:
             )],
         )
 
-    def _group_item(self, label: str, *args: object) -> Dataset:
-        return self.group(label, *args)[0]  # the template's one container item
-
     def _stencils(self, labels: list[str]) -> dict[str, GroupStencils] | None:
-        """Each label's group stencils (made on first use); None where one cannot be made."""
+        """Each label's group stencils (made on first use); None where one cannot be made.
+
+        Stencils are encoded once, so their constant text must encode the same in every
+        character set: labels and model identity in ASCII (else highdicom builds it all).
+        """
+        model = self.model
+        if not all(text.isascii() for text in (*labels, model.name, model.version,
+                                                model.manufacturer)):
+            return None
         out = {}
         for label in labels:
             stencil = self._group_stencils.get(label)
@@ -327,7 +366,7 @@ class FindingsReportTemplate:
                 if label in self._no_stencil:
                     return None
                 try:
-                    stencil = GroupStencils(partial(self._group_item, label))
+                    stencil = GroupStencils(partial(self.group, label))
                 except StencilError as e:  # highdicom changed: build everything with it
                     logger.warning("no SR stencil for label %r (%s): highdicom builds it",
                                    label, e)

@@ -17,9 +17,10 @@ with SRs built entirely by highdicom, byte for byte.
 from __future__ import annotations
 
 import struct
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
+from pydicom.charset import default_encoding
 from pydicom.dataset import Dataset
 from pydicom.filebase import DicomBytesIO
 from pydicom.filewriter import write_dataset
@@ -72,12 +73,13 @@ def fd_element(tag: tuple[int, int], value: float) -> bytes:
     return _tag_bytes(tag) + b"FD" + struct.pack("<H", 8) + struct.pack("<d", value)
 
 
-def encode_item(item: Dataset) -> bytes:
-    """One sequence item as pydicom writes it in Explicit VR LE (defined length)."""
+def encode_item(item: Dataset, charset: str | list[str] = default_encoding) -> bytes:
+    """One sequence item as pydicom writes it in Explicit VR LE (defined length), its text
+    encoded with ``charset`` (the document's Specific Character Set) unless it has its own."""
     fp = DicomBytesIO()
     fp.is_little_endian = True
     fp.is_implicit_VR = False
-    write_dataset(fp, item)
+    write_dataset(fp, item, parent_encoding=charset)
     body = fp.getvalue()
     return ITEM_TAG + struct.pack("<I", len(body)) + body
 
@@ -218,8 +220,9 @@ def _flatten(nodes: list):
             yield node
 
 
-#: Builds one measurement group item: (tracking uid, p, t, positive, class uid, sop uid).
-GroupFactory = Callable[[str, float, float, bool, str, str], Dataset]
+#: Builds one measurement group (a template whose one item is the group's container) from
+#: (tracking uid, p, t, positive, class uid, sop uid).
+GroupFactory = Callable[[str, float, float, bool, str, str], Sequence[Dataset]]
 
 _SYN_TRACKING = "1.2.826.0.1.3680043.10.1111.1.1"
 _SYN_CLASS = "1.2.826.0.1.3680043.10.1111.2.2"
@@ -246,8 +249,12 @@ class GroupStencils:
                                                ds_text(_SYN_P), ds_text(_SYN_T)))
         synthetic += (struct.pack("<d", _SYN_P), struct.pack("<d", _SYN_T))
         for positive in (True, False):
-            item = factory(_SYN_TRACKING, _SYN_P, _SYN_T, positive, _SYN_CLASS, _SYN_INSTANCE)
-            self.stencils[positive] = Stencil.make(item, slots, synthetic)
+            template = factory(_SYN_TRACKING, _SYN_P, _SYN_T, positive, _SYN_CLASS,
+                               _SYN_INSTANCE)
+            self.stencils[positive] = Stencil.make(template[0], slots, synthetic)
+        #: The group built from the synthetic values (a highdicom template, one item): a
+        #: stand-in where a document needs a group whose content is then replaced.
+        self.synthetic = template
 
     def fill(self, tracking_uid: str, probability: float, threshold: float, positive: bool,
              source: Mapping[str, bytes]) -> bytes:
