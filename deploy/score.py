@@ -37,6 +37,7 @@ from werkzeug.wrappers import Request
 from deploy.modeldir import find_card, find_weights
 from dicom_io import DeclinedError, DicomIOError, SourceImage, from_dataset
 from inference import LoadedModel, configure_threads, load_model
+from node.memory import return_freed_memory
 from node.pipeline import Pipeline
 from node.scoring import score_document, validate_upload
 
@@ -110,6 +111,7 @@ def init() -> None:
     """Load the model in ``AZUREML_MODEL_DIR`` and build the pipeline (once per worker)."""
     global model, pipeline, max_body
     _configure_logging()
+    return_freed_memory()
     model_dir = os.environ.get("AZUREML_MODEL_DIR")
     if not model_dir:
         raise RuntimeError("AZUREML_MODEL_DIR is not set: no model folder to load")

@@ -79,13 +79,35 @@ def overlay(gray: np.ndarray, maxval: int, values: np.ndarray, signed: bool) -> 
     positive and blue for negative values; the opacity is ``ALPHA_MAX`` times the map's
     magnitude, so where the map is 0 the capture is the source image unchanged.
     """
+    if gray.shape != values.shape:
+        raise ValueError(f"map shape {values.shape} is not the image's {gray.shape}")
+    out = np.empty((*gray.shape, 3), np.uint8)
+    for start in range(0, gray.shape[0], _ROWS):  # in bands that stay in the CPU's cache
+        rows = slice(start, start + _ROWS)
+        out[rows] = _blend(gray[rows], maxval, values[rows], signed)
+    return out
+
+
+#: Rows blended at a time by :func:`overlay`.
+_ROWS = 64
+
+
+def _blend(gray: np.ndarray, maxval: int, values: np.ndarray, signed: bool) -> np.ndarray:
     low = -1.0 if signed else 0.0
     scale = (_LEVELS[signed] - 1) / (1.0 - low)
-    index = np.rint((np.clip(values, low, 1.0) - low) * scale).astype(np.uint8)
+    level = np.clip(values, low, 1.0)
+    level -= low
+    level *= scale
+    index = np.rint(level, out=level).astype(np.uint8)
     premultiplied, keep = _LUTS[signed]
-    base = gray.astype(np.float32) * np.float32(255.0 / maxval)
-    rgb = (base * keep[index])[..., None] + premultiplied[index] * np.float32(255.0)
-    return np.clip(np.rint(rgb), 0, 255).astype(np.uint8)
+    base = gray.astype(np.float32)
+    base *= np.float32(255.0 / maxval)
+    base *= keep[index]
+    rgb = np.take(premultiplied * np.float32(255.0), index, axis=0)  # the same float32 products
+    rgb += base[..., None]
+    np.rint(rgb, out=rgb)
+    np.clip(rgb, 0, 255, out=rgb)
+    return rgb
 
 
 def build_sc(
