@@ -82,8 +82,9 @@ class Node:
                     self.model.sha256[:12])
 
     def warm_up(self) -> None:
-        """One synthetic image through prediction and the explanation, so the first real
-        image pays no first-call costs (allocations, medcam hooks, ONNX Runtime arenas)."""
+        """One synthetic image through prediction and the explanation, and the SR stencils
+        made, so the first real image pays no first-call costs (allocations, medcam hooks,
+        ONNX Runtime arenas, stencils)."""
         import numpy as np
 
         from dicom_io import SourceImage
@@ -93,6 +94,10 @@ class Node:
         started = time.monotonic()
         [scored] = self.pipeline.score([image])
         self.pipeline.complete(scored, build_dicom=False)
+        if self.pipeline.builder is not None:
+            stencils = self.pipeline.builder.prepare()
+            logger.info("SR measurement groups %s", "from stencils" if stencils
+                        else "built by highdicom (no stencil)")
         logger.info("warmed up in %.1f s", time.monotonic() - started)
 
     @property

@@ -184,3 +184,10 @@ def test_stencil_refuses_a_template_without_its_slot() -> None:
     assert filled == encode_item(item)
     with pytest.raises(KeyError, match="tracking"):
         stencil.fill({})
+
+
+def test_prepare_makes_every_label_stencil_up_front(loaded_model) -> None:
+    builder = ResultBuilder(loaded_model)
+    assert builder.template._group_stencils == {}
+    assert builder.prepare() is True
+    assert set(builder.template._group_stencils) == set(loaded_model.card.labels)

@@ -147,6 +147,11 @@ class ResultBuilder:
             numbers[kind] = number
         self.series_numbers = numbers
 
+    def prepare(self) -> bool:
+        """Build what the first SR would otherwise build (the label stencils); True if the
+        SRs will be filled from stencils."""
+        return self.template.prepare()
+
     def series_description(self, kind: str, label: str | None = None) -> str:
         model = self.model.name
         if kind == "sr":

@@ -152,6 +152,10 @@ class FindingsReportTemplate:
         self._group_stencils: dict[str, GroupStencils] = {}
         self._no_stencil: set[str] = set()
 
+    def prepare(self) -> bool:
+        """Make the group stencils of the card's labels now (else on first use)."""
+        return self._stencils(list(self._codes)) is not None
+
     def code(self, label: str) -> CodedConcept:
         code = self._codes.get(label)
         if code is None:
