@@ -6,10 +6,12 @@ raise (pynetdicom ``apps/storescp`` style).
 
 from __future__ import annotations
 
+import io
 import logging
 from collections.abc import Sequence
 from pathlib import Path
 
+import pydicom
 from pydicom.dataset import Dataset
 from pydicom.uid import (
     JPEG2000,
@@ -46,6 +48,7 @@ IMAGE_TRANSFER_SYNTAXES: list[str] = [
 
 STATUS_SUCCESS = 0x0000
 STATUS_OUT_OF_RESOURCES = 0xA700
+STATUS_DATASET_NOT_SOP_CLASS = 0xA900
 STATUS_CANNOT_UNDERSTAND = 0xC000
 STATUS_PROCESSING_FAILURE = 0x0110
 
@@ -59,9 +62,20 @@ def handle_store(event: evt.Event, intake: Intake) -> int:
     try:
         data = event.encoded_dataset(include_meta=True)
         sop_uid = str(event.request.AffectedSOPInstanceUID)
+        sop_class = str(event.request.AffectedSOPClassUID)
         calling = event.assoc.requestor.ae_title.strip()
+        header = pydicom.dcmread(io.BytesIO(data), stop_before_pixels=True,
+                                 specific_tags=["SOPClassUID", "SOPInstanceUID"])
     except Exception as e:
         logger.warning("C-STORE could not be read: %s", type(e).__name__)
+        return STATUS_CANNOT_UNDERSTAND
+    # The result must answer the image the sender asked about: the request and the data set
+    # must name the same instance (else its results would reference another image).
+    if str(header.get("SOPClassUID", "")) != sop_class:
+        logger.warning("C-STORE refused: data set SOP Class is not the request's %s", sop_class)
+        return STATUS_DATASET_NOT_SOP_CLASS
+    if str(header.get("SOPInstanceUID", "")) != sop_uid:
+        logger.warning("C-STORE of %s refused: the data set names another SOP Instance", sop_uid)
         return STATUS_CANNOT_UNDERSTAND
     try:
         intake.accept(data, sop_uid, calling, "dimse")

@@ -24,7 +24,7 @@ import numpy as np
 import pytest
 import torch
 import torchxrayvision as xrv
-from conftest import SHARED_CXR14
+from conftest import SHARED_CXR14, record_figure
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
@@ -216,25 +216,35 @@ def test_randomisation_check_flags_maps_that_ignore_the_model(disc_model, cases)
     assert not check["passed"] and check["spearman"] == 1.0
 
 
-def test_a_randomised_model_does_not_point_at_the_disc(disc_model, cases):
-    """The maps of a model whose top layers are randomised neither find the disc nor look
-    like the trained model's maps: what the trained maps show comes from the training."""
+@pytest.mark.parametrize("seed", [1, 2])
+def test_a_randomised_model_gives_other_maps(disc_model, cases, seed: int):
+    """Adebayo et al.'s model randomisation test: with the top layers' weights randomised, the
+    maps no longer look like the trained model's, so what the trained maps show comes from the
+    training.
+
+    Where the randomised model's maps peak is recorded, not asserted: a network with random
+    top layers still responds to a bright disc (a salient structure), and its Grad-CAM found
+    the disc in 0 to 10 of these 10 images depending on the seed. Pointing at the disc is
+    evidence of faithfulness only together with the dissimilarity checked here.
+    """
     import copy
 
     net = copy.deepcopy(disc_model.module)
-    randomise_top_layers(net, 4, seed=1)
+    randomise_top_layers(net, 4, seed=seed)
     randomised = LoadedModel(card=disc_model.card, sha256="1" * 64, backend="torch",
                              source="randomised", module=net)
     sample = [c for c in cases if c.kind == "phantom"][:10]
     rescored = [Case(c.kind, s, c.disc) for c, s in zip(
         sample, Predictor(randomised)([c.scored.image for c in sample]), strict=True)]
     for method in ("gradcam", "shap"):
-        hits = 0
+        hits, scores = 0, []
         for trained, case in zip(sample, rescored, strict=True):
             mine = explain(disc_model, trained.scored, "Disc", method)
             theirs = explain(randomised, case.scored, "Disc", method)
             if not theirs.suppressed:
                 hits += case.hit(theirs.peak)
             g = case.scored.geometry
-            assert similarity(g.to_model(mine.values), g.to_model(theirs.values)) < 0.5
-        assert hits <= 3, f"{method}: a randomised model found {hits}/10 discs"
+            scores.append(similarity(g.to_model(mine.values), g.to_model(theirs.values)))
+        assert max(scores) < 0.5, f"{method}: similarities {np.round(scores, 2)}"
+        record_figure(f"randomised top layers (seed {seed}), {method}: similarity to the "
+                      f"trained maps at most {max(scores):.2f}; peak on the disc {hits}/10")

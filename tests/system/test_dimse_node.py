@@ -125,6 +125,34 @@ def test_other_sop_classes_are_refused_at_negotiation(node: NodeProcess, tmp_pat
     assert "No presentation context" in proc.stderr or "no acceptable" in proc.stderr.lower()
 
 
+def test_request_and_data_set_naming_other_instances_are_refused(
+    node: NodeProcess, tmp_path: Path, cr_path: Path
+) -> None:
+    """A C-STORE whose request names one instance and whose data set is another is refused:
+    its results would reference an image the sender never asked about."""
+    from pynetdicom import _config
+
+    good = radiograph_copy(cr_path, tmp_path / "good.dcm", "mismatch-good", downscale=4)
+    ds = pydicom.dcmread(good)
+    other = tmp_path / "other.dcm"
+    ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()  # the request takes this one
+    ds.save_as(other, enforce_file_format=True)
+    ae = AE(ae_title="MISMATCH")
+    ae.add_requested_context(ds.SOPClassUID, ExplicitVRLittleEndian)
+    assoc = ae.associate("127.0.0.1", node.dicom_port, ae_title="CXRNODE")
+    assert assoc.is_established
+    streaming = _config.STORE_SEND_CHUNKED_DATASET
+    _config.STORE_SEND_CHUNKED_DATASET = True  # send the file as it is, UIDs from its meta
+    try:
+        refused = assoc.send_c_store(other)
+        accepted = assoc.send_c_store(good)
+    finally:
+        _config.STORE_SEND_CHUNKED_DATASET = streaming
+        assoc.release()
+    assert refused.Status == 0xC000
+    assert accepted.Status == 0x0000
+
+
 def test_lateral_view_is_stored_as_skipped_with_reason(
     node: NodeProcess, receiver: Receiver, tmp_path: Path, cr_path: Path
 ) -> None:

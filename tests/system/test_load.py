@@ -3,6 +3,7 @@ Everything is processed, memory stays bounded, HTTP pushes back (503) instead of
 
 from __future__ import annotations
 
+import copy
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -44,7 +45,9 @@ def test_dimse_and_http_load_together(tmp_path: Path, cr_path: Path, whole_model
         assert assoc.is_established, f"association {index} refused"
         try:
             for j in range(PER_ASSOCIATION):
-                ds = template.copy()
+                # A deep copy: Dataset.copy() shares the elements, and a UID set on one
+                # thread's copy would change the image another thread is sending.
+                ds = copy.deepcopy(template)
                 ds.SOPInstanceUID = pydicom.uid.generate_uid(entropy_srcs=[f"load-{index}-{j}"])
                 status = assoc.send_c_store(ds)
                 if status.Status == 0x0000:
