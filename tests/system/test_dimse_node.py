@@ -136,7 +136,8 @@ def test_request_and_data_set_naming_other_instances_are_refused(
     ds = pydicom.dcmread(good)
     other = tmp_path / "other.dcm"
     ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()  # the request takes this one
-    ds.save_as(other, enforce_file_format=True)
+    ds.save_as(other)  # (enforce_file_format would set it back from the data set)
+    assert pydicom.dcmread(other).file_meta.MediaStorageSOPInstanceUID != ds.SOPInstanceUID
     ae = AE(ae_title="MISMATCH")
     ae.add_requested_context(ds.SOPClassUID, ExplicitVRLittleEndian)
     assoc = ae.associate("127.0.0.1", node.dicom_port, ae_title="CXRNODE")
