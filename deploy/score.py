@@ -37,7 +37,7 @@ from werkzeug.wrappers import Request
 from deploy.modeldir import find_card, find_weights
 from dicom_io import DeclinedError, DicomIOError, SourceImage, from_dataset
 from inference import LoadedModel, configure_threads, load_model
-from node.memory import return_freed_memory
+from node.memory import trim
 from node.pipeline import Pipeline
 from node.scoring import score_document, validate_upload
 
@@ -111,7 +111,6 @@ def init() -> None:
     """Load the model in ``AZUREML_MODEL_DIR`` and build the pipeline (once per worker)."""
     global model, pipeline, max_body
     _configure_logging()
-    return_freed_memory()
     model_dir = os.environ.get("AZUREML_MODEL_DIR")
     if not model_dir:
         raise RuntimeError("AZUREML_MODEL_DIR is not set: no model folder to load")
@@ -246,5 +245,7 @@ def run(request: AMLRequest) -> AMLResponse:
     except Exception as e:
         logger.exception("scoring failed")
         return _error(HttpError(500, "internal-error", type(e).__name__))
+    finally:
+        trim()  # the image's arrays are gone: give their pages back
     logger.info("scored in %.0f ms", (time.perf_counter() - start) * 1000)
     return AMLResponse(document, 200, json_str=True)

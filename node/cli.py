@@ -274,9 +274,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     # GNU OpenMP threads spin between steps by default; on a busy machine that makes PyTorch
     # many times slower (measured by `cxr-node bench`). Must be set before torch loads.
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-    from node.memory import return_freed_memory
-
-    return_freed_memory()
     parser = build_parser()
     args = parser.parse_args(argv)
     _setup_logging(args.verbose)

@@ -1,11 +1,13 @@
-"""Memory of a process that handles full-size radiographs: give freed arrays back at once.
+"""Memory of a process that handles full-size radiographs: give freed memory back.
 
-glibc serves allocations above a threshold (128 KiB) with their own ``mmap`` and returns
-them to the system on ``free``; but after each such free it *raises* the threshold (up to
-32 MiB), so the next radiograph-sized arrays (a 2k x 2k image is 7-30 MB at each step)
-come from the heap, where freed memory stays in the process. With several threads, each
-arena keeps its own. :func:`return_freed_memory` pins the threshold, so every large array
-is mapped and unmapped, and RSS follows what is in use.
+A batch of 2k x 2k radiographs allocates and frees hundreds of megabytes (pixels, float
+intermediates, heat maps, result objects). glibc keeps much of what is freed in its heaps
+(its mmap threshold rises after each large free, so later arrays of the same size come from
+the heap, and every thread has its own arena), so RSS stays at the largest batch ever seen.
+:func:`trim` (``malloc_trim(0)``) returns the free pages of every arena to the system; the
+workers call it after each batch. The allocator itself is left alone: pinning its mmap
+threshold low was tried and made PyTorch 2-2.5x slower (a fresh mapping, and page faults,
+for every large tensor).
 """
 
 from __future__ import annotations
@@ -13,34 +15,27 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import logging
-import os
+from functools import cache
 
 logger = logging.getLogger(__name__)
 
-#: mallopt parameters (glibc malloc.h).
-M_MMAP_THRESHOLD = -3
-#: Allocations from this size up get their own mapping (glibc's initial default).
-MMAP_THRESHOLD = 128 * 1024
 
-
-def return_freed_memory() -> bool:
-    """Pin glibc's mmap threshold (unless ``MALLOC_MMAP_THRESHOLD_`` is set); True if done.
-
-    Elsewhere (musl, macOS) nothing changes.
-    """
-    if os.environ.get("MALLOC_MMAP_THRESHOLD_"):
-        return False
+@cache
+def _malloc_trim():
     name = ctypes.util.find_library("c")
     try:
-        libc = ctypes.CDLL(name)
-        mallopt = libc.mallopt
-    except (OSError, AttributeError, TypeError):
-        return False
-    mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
-    mallopt.restype = ctypes.c_int
-    done = mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD) == 1
-    logger.debug("glibc mmap threshold pinned at %d bytes: %s", MMAP_THRESHOLD, done)
-    return done
+        function = ctypes.CDLL(name).malloc_trim
+    except (OSError, AttributeError, TypeError):  # not glibc (musl, macOS): nothing to do
+        return None
+    function.argtypes = [ctypes.c_size_t]
+    function.restype = ctypes.c_int
+    return function
 
 
-__all__ = ["return_freed_memory"]
+def trim() -> bool:
+    """Return freed heap memory to the system (glibc); True if some was returned."""
+    function = _malloc_trim()
+    return bool(function(0)) if function is not None else False
+
+
+__all__ = ["trim"]

@@ -15,6 +15,7 @@ from pydicom.dataset import Dataset
 
 from dicom_io import DeclinedError, DicomIOError, SourceImage, from_dataset, read_dataset
 from node.intake import Intake
+from node.memory import trim
 from node.metrics import BATCH_SIZE, JOBS
 from node.pipeline import Outcome, Pipeline
 from node.queue import Job, SqliteQueue
@@ -63,6 +64,7 @@ class Worker(threading.Thread):
                     time.sleep(delay)
                     jobs += self.queue.claim(size - len(jobs))
                 self.process(jobs)
+                trim()  # the batch's arrays are gone: give their pages back
             except Exception:  # the worker never dies; the jobs stay for recovery
                 logger.exception("worker %s: batch failed", self.name)
                 time.sleep(1)
