@@ -70,24 +70,37 @@ def parity(reference: LoadedModel, other: LoadedModel, n: int = 4) -> float:
     return float(np.max(np.abs(reference.probabilities(x) - other.probabilities(x))))
 
 
+def onnx_cache_path(model: LoadedModel, cache_dir: str | Path) -> Path:
+    """Where :func:`enable_onnx_fast_path` keeps ``model``'s export (by weights hash)."""
+    return Path(cache_dir) / f"{model.sha256}.onnx"
+
+
 def enable_onnx_fast_path(model: LoadedModel, cache_dir: str | Path,
-                          tolerance: float = PARITY_TOLERANCE) -> bool:
+                          tolerance: float = PARITY_TOLERANCE,
+                          subject: LoadedModel | None = None) -> bool:
     """Predict with ONNX Runtime when the exported model agrees within ``tolerance``.
 
     The export is cached in ``cache_dir`` under the weights' sha256. The eager module stays
     for explanations. Returns whether the fast path is on; when the export fails or
     disagrees, the model keeps predicting with PyTorch and the log says why.
+
+    ``subject``: a copy of ``model`` (its own module) to export and check instead, so that
+    this can run in a background thread while ``model`` predicts and explains (explanations
+    hook into the module). The session is switched on only after it passed the check.
     """
     from inference.factory import _onnx_session
 
     if model.backend != "torch" or model.module is None or model.session is not None:
         return model.session is not None
-    path = Path(cache_dir) / f"{model.sha256}.onnx"
+    subject = subject or model
+    if subject.sha256 != model.sha256 or subject.module is None:
+        raise ValueError("subject must be a copy of the model (same weights, a module)")
+    path = onnx_cache_path(model, cache_dir)
     try:
         if not path.is_file():
             path.parent.mkdir(parents=True, exist_ok=True)
             tmp = path.with_suffix(".onnx.part")
-            export_onnx(model, tmp)
+            export_onnx(subject, tmp)
             tmp.with_name(tmp.name + ".card.json").unlink(missing_ok=True)
             tmp.replace(path)
         session = _onnx_session(path)
@@ -95,15 +108,16 @@ def enable_onnx_fast_path(model: LoadedModel, cache_dir: str | Path,
         logger.warning("ONNX export failed (%s); predicting with PyTorch", e)
         return False
     x = _example(model, 4).numpy()
-    reference = model.probabilities(x)
-    model.session = session
-    model._input_name = session.get_inputs()[0].name
-    difference = float(np.max(np.abs(model.probabilities(x) - reference)))
+    reference = subject.probabilities(x)
+    name = session.get_inputs()[0].name
+    candidate = model.to_probabilities(np.asarray(session.run(None, {name: x})[0]))
+    difference = float(np.max(np.abs(candidate - reference)))
     if difference > tolerance:
-        model.session = None
         logger.warning("ONNX Runtime differs from PyTorch by %.2g (> %.0e); predicting with "
                        "PyTorch", difference, tolerance)
         return False
+    model._input_name = name
+    model.session = session
     model.backend = "torch+onnxruntime"
     logger.info("prediction by ONNX Runtime (max difference %.1e from PyTorch)", difference)
     return True

@@ -79,8 +79,9 @@ class LoadedModel:
     def raw(self, batch: np.ndarray) -> np.ndarray:
         """Run the network on a ``(N, 1, size, size)`` float32 batch; outputs as it gives them."""
         batch = np.ascontiguousarray(batch, dtype=np.float32)
-        if self.session is not None:
-            return np.asarray(self.session.run(None, {self._input_name: batch})[0])
+        session = self.session  # once: a background export may switch it on meanwhile
+        if session is not None:
+            return np.asarray(session.run(None, {self._input_name: batch})[0])
         assert self.module is not None
         with torch.inference_mode():
             out = self.module(torch.from_numpy(batch).to(self.device))
@@ -88,7 +89,11 @@ class LoadedModel:
 
     def probabilities(self, batch: np.ndarray) -> np.ndarray:
         """Independent per-label probabilities ``(N, labels)`` (sigmoid of logits; no softmax)."""
-        out = self.raw(batch).astype(np.float64)
+        return self.to_probabilities(self.raw(batch))
+
+    def to_probabilities(self, raw: np.ndarray) -> np.ndarray:
+        """The network's outputs as probabilities, as the card says they are."""
+        out = np.asarray(raw).astype(np.float64)
         if self.card.output == "logits":
             out = 1.0 / (1.0 + np.exp(-out))
         return out.astype(np.float32)

@@ -491,6 +491,9 @@ def measure_node(opts: Options, images: list[BenchImage], res: Results, work: Pa
         res.put("ready_s", node.ready_s)
         res.put("node_ready_rss_mb", node.ready_rss_mb)
         res.put("node_ready_peak_rss_mb", node.ready_peak_rss_mb)
+        # Cold, the ONNX export runs after ready: measure the node as it then runs.
+        _phase(res, "ONNX fast path",
+               lambda: res.put("fast_path_s", node.wait_fast_path(opts.timeout_s)))
         res.info["node_backend"] = node.get("/readyz")[1].get("model", {}).get("backend")
         try:
             if "http" not in opts.skip:

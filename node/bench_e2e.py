@@ -90,7 +90,7 @@ class NodeUnderTest:
         self.http_port = self.http_port or free_port()
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
         log = self.log_path.open("ab")
-        started = time.perf_counter()
+        started = self.launched = time.perf_counter()
         self.proc = subprocess.Popen(self.command(), stdout=subprocess.PIPE, stderr=log,
                                      env=env, text=True)
         log.close()
@@ -119,6 +119,18 @@ class NodeUnderTest:
             if line.startswith(READY_PREFIX):
                 self._ready.set()
             logger.debug("node: %s", line.rstrip())
+
+    def wait_fast_path(self, timeout: float = 300) -> float:
+        """Wait while the ONNX export runs in the background; seconds from launch to its end
+        (the ready time when there was none)."""
+        deadline = time.perf_counter() + timeout
+        while True:
+            status, body = self.get("/readyz")
+            if status != 200 or body.get("onnx_fast_path") != "pending":
+                return time.perf_counter() - self.launched
+            if time.perf_counter() > deadline:
+                raise TimeoutError(f"the ONNX export did not finish in {timeout:.0f} s")
+            time.sleep(0.1)
 
     def get(self, path: str, timeout: float = 30) -> tuple[int, dict]:
         conn = http.client.HTTPConnection("127.0.0.1", self.http_port, timeout=timeout)

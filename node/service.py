@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 import logging
 import signal
 import threading
@@ -47,6 +49,8 @@ class Node:
         self.server = None
         self.ready = threading.Event()
         self.started_at = time.monotonic()
+        #: ONNX Runtime fast path: "on", "off" or "pending" (exporting in the background).
+        self.fast_path = "off"
 
     @property
     def dicom_port(self) -> int:
@@ -58,9 +62,7 @@ class Node:
         if self.model is None:
             self.model = load_model(s.model, card=s.card, cache_dir=s.weights_cache)
         if s.onnx_fast_path:
-            from inference.export import enable_onnx_fast_path
-
-            enable_onnx_fast_path(self.model, s.spool / "onnx-cache")
+            self._start_fast_path()
         self.pipeline = Pipeline(self.model, s.explain, batch_size=s.batch_size)
         self.warm_up()
         recovered = self.intake.recover()
@@ -80,6 +82,32 @@ class Node:
         logger.info("%s listening for DICOM on %s:%d (model %s %s, sha256 %s)", s.ae_title,
                     s.bind, self.dicom_port, self.model.card.name, self.model.card.version,
                     self.model.sha256[:12])
+
+    def _start_fast_path(self) -> None:
+        """ONNX Runtime for prediction: at once from a cached export; else exported in the
+        background while PyTorch predicts (the node is ready sooner; results name the
+        backend that scored them)."""
+        from inference.export import enable_onnx_fast_path, onnx_cache_path
+
+        cache = self.settings.spool / "onnx-cache"
+        subject = None
+
+        def enable() -> None:
+            try:
+                on = enable_onnx_fast_path(self.model, cache, subject=subject)
+            except Exception:  # the fast path is optional: PyTorch keeps predicting
+                logger.exception("ONNX fast path failed; predicting with PyTorch")
+                on = False
+            self.fast_path = "on" if on else "off"
+
+        if onnx_cache_path(self.model, cache).is_file():
+            enable()
+            return
+        logger.info("exporting the model to ONNX in the background; PyTorch predicts meanwhile")
+        if self.model.module is not None:  # its own module: warm-up hooks explanations in
+            subject = dataclasses.replace(self.model, module=copy.deepcopy(self.model.module))
+        self.fast_path = "pending"
+        threading.Thread(target=enable, name="onnx-export", daemon=True).start()
 
     def warm_up(self) -> None:
         """One synthetic image through prediction and the explanation, and the SR stencils

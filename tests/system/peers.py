@@ -130,7 +130,21 @@ class NodeProcess:
         self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
         wait_port(self.dicom_port, timeout, self.proc)
         wait_port(self.http_port, timeout, self.proc)
+        self.wait_fast_path(timeout)
         return self
+
+    def wait_fast_path(self, timeout: float = 120) -> None:
+        """Wait for a background ONNX export to end, so every test sees one backend."""
+        deadline = time.monotonic() + timeout
+        while "exporting the model to ONNX in the background" in self.log_text():
+            text = self.log_text()
+            if any(end in text for end in ("prediction by ONNX Runtime", "predicting with PyTorch",
+                                           "ONNX fast path failed")):
+                return
+            assert self.proc is not None and self.proc.poll() is None, text[-3000:]
+            if time.monotonic() > deadline:
+                raise TimeoutError("the ONNX export never ended:\n" + text[-3000:])
+            time.sleep(0.2)
 
     @property
     def url(self) -> str:

@@ -77,6 +77,38 @@ def wait_idle(node: NodeProcess, timeout: float = 180) -> None:
     raise TimeoutError("the node's queue never drained")
 
 
+def test_cold_start_is_ready_before_the_onnx_export_and_a_restart_reuses_it(
+    tmp_path: Path, whole_model_path: Path, cr_path: Path
+) -> None:
+    """With an empty spool the ONNX export runs after ready (PyTorch predicts meanwhile);
+    once it passed its parity check the node predicts with ONNX Runtime, and a restart on the
+    same spool loads the cached export before ready."""
+    image = radiograph_copy(cr_path, tmp_path / "cold.dcm", "cold", downscale=4).read_bytes()
+    node = NodeProcess(tmp_path / "spool", whole_model_path, [], explain="none").start()
+    try:
+        first = node.log_text()
+        assert "exporting the model to ONNX in the background" in first
+        ready = httpx.get(f"{node.url}/readyz").json()
+        assert ready["onnx_fast_path"] == "on"
+        assert ready["model"]["backend"] == "torch+onnxruntime"
+        scored = httpx.post(f"{node.url}/score", content=image, timeout=120,
+                            headers={"Content-Type": "application/dicom"})
+        assert scored.status_code == 200
+        assert scored.json()["model"]["backend"] == "torch+onnxruntime"
+    finally:
+        node.stop()
+    assert (tmp_path / "spool" / "onnx-cache").is_dir()
+    offset = len(node.log_text())
+    node = NodeProcess(tmp_path / "spool", whole_model_path, [], explain="none").start()
+    try:
+        second = node.log_text()[offset:]
+        assert "exporting the model to ONNX in the background" not in second
+        assert second.index("prediction by ONNX Runtime") < second.index("cxr-node ready")
+        assert httpx.get(f"{node.url}/readyz").json()["onnx_fast_path"] == "on"
+    finally:
+        node.stop()
+
+
 def test_operations_routes(node: NodeProcess) -> None:
     assert httpx.get(f"{node.url}/healthz").json() == {"status": "alive"}
     ready = httpx.get(f"{node.url}/readyz").json()

@@ -23,7 +23,8 @@ async def readyz(request: Request) -> JSONResponse:
     if not node.ready.is_set():
         return JSONResponse({"status": "starting"}, status_code=503,
                             headers={"Retry-After": "5"})
-    return JSONResponse({"status": "ready", "model": node.model.info})
+    return JSONResponse({"status": "ready", "model": node.model.info,
+                         "onnx_fast_path": node.fast_path})
 
 
 @router.get("/metrics", summary="Prometheus metrics", dependencies=[Depends(require_token)])
