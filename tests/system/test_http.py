@@ -101,7 +101,10 @@ def test_cold_start_is_ready_before_the_onnx_export_and_a_restart_reuses_it(
     offset = len(node.log_text())
     node = NodeProcess(tmp_path / "spool", whole_model_path, [], explain="none").start()
     try:
-        second = node.log_text()[offset:]
+        deadline = time.monotonic() + 60
+        while "cxr-node ready" not in (second := node.log_text()[offset:]):
+            assert time.monotonic() < deadline, second[-2000:]
+            time.sleep(0.1)
         assert "exporting the model to ONNX in the background" not in second
         assert second.index("prediction by ONNX Runtime") < second.index("cxr-node ready")
         assert httpx.get(f"{node.url}/readyz").json()["onnx_fast_path"] == "on"
