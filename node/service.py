@@ -198,5 +198,9 @@ class Node:
             self.start_http()
         print(f"cxr-node ready: DICOM {self.settings.ae_title}@{self.settings.bind}:"
               f"{self.dicom_port}, HTTP {self.http_port}", flush=True)
-        done.wait()
+        # With a timeout: the kernel may deliver the signal to any of the process's threads
+        # (ONNX Runtime's, OpenMP's, ...); the main thread runs Python's handler only when it
+        # wakes, and a wait without a timeout might never wake.
+        while not done.wait(0.5):
+            pass
         self.stop()
