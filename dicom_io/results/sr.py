@@ -286,8 +286,8 @@ class FindingsReportTemplate:
             charset = source.reference.get("SpecificCharacterSet") or default_encoding
             encoded = self._content_bytes(content, findings, stencils, source, charset)
             # highdicom needs the content only for the evidence it references: the source.
-            content = Dataset()
-            content.update(report[0])
+            content = _shallow(report[0])
+            del content.ContentSequence  # a new element: the report's own stays as it was
             content.ContentSequence = [item for item in report[0].ContentSequence
                                        if _concept(item) == _IMAGE_LIBRARY]
 
