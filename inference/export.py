@@ -64,12 +64,6 @@ def export_onnx(model: LoadedModel, path: str | Path, opset: int = 17) -> Path:
     return path
 
 
-def parity(reference: LoadedModel, other: LoadedModel, n: int = 4) -> float:
-    """Largest absolute probability difference between two models on the same inputs."""
-    x = _example(reference, n).numpy()
-    return float(np.max(np.abs(reference.probabilities(x) - other.probabilities(x))))
-
-
 def onnx_cache_path(model: LoadedModel, cache_dir: str | Path) -> Path:
     """Where :func:`enable_onnx_fast_path` keeps ``model``'s export (by weights hash)."""
     return Path(cache_dir) / f"{model.sha256}.onnx"

@@ -334,13 +334,13 @@ def _gradcam(opts: Options, model: Any, picks: list, inputs: Any, res: Results) 
     res.put("model_gradcam_batch_ips", len(picks) / total)
     try:
         from dicom_io.results import builder_for
-        from node.worker import encode
 
         builder = builder_for(model)
 
-        def build() -> None:
-            for ds in builder.build(warm[0].image, warm[0].prediction, heatmap).datasets:
-                encode(ds)
+        def build() -> None:  # as the worker does: build, then the Part 10 bytes of each
+            results = builder.build(warm[0].image, warm[0].prediction, heatmap)
+            for kind, _ in results.items():
+                results.part10(kind)
 
         res.put("build_results_s", statistics.median(timed(build, 2)))
     except Exception as e:

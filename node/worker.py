@@ -2,16 +2,12 @@
 
 from __future__ import annotations
 
-import io
 import logging
 import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-
-import pydicom
-from pydicom.dataset import Dataset
 
 from dicom_io import DeclinedError, DicomIOError, SourceImage, from_dataset, read_dataset
 from node.intake import Intake
@@ -27,12 +23,6 @@ logger = logging.getLogger(__name__)
 #: Called with (job, final state, outcome or None, reason or None) when a job is closed.
 Listener = Callable[[Job, str, "Outcome | None", "str | None"], None]
 
-
-def encode(ds: Dataset) -> bytes:
-    """A dataset as a DICOM Part 10 file."""
-    buffer = io.BytesIO()
-    pydicom.dcmwrite(buffer, ds, enforce_file_format=True)
-    return buffer.getvalue()
 
 
 class Worker(threading.Thread):

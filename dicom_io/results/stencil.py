@@ -138,7 +138,7 @@ def _mark(nodes: list, slots: Mapping[bytes, str], found: dict[str, int]) -> lis
             header, children = node
             marked = _mark(children, slots, found)
             if all(isinstance(c, bytes) for c in marked):  # nothing to fill: constant
-                out_bytes = _render_container(header, [b"".join(marked)])
+                out_bytes = _render_container(header, b"".join(marked))
                 if out and isinstance(out[-1], bytes):
                     out[-1] += out_bytes
                 else:
@@ -148,8 +148,7 @@ def _mark(nodes: list, slots: Mapping[bytes, str], found: dict[str, int]) -> lis
     return out
 
 
-def _render_container(header: bytes, parts: list[bytes]) -> bytes:
-    body = b"".join(parts)
+def _render_container(header: bytes, body: bytes) -> bytes:
     if header == ITEM_TAG:
         return ITEM_TAG + struct.pack("<I", len(body)) + body
     if len(header) == 8:  # long VR: reserved bytes already in the header
@@ -157,7 +156,7 @@ def _render_container(header: bytes, parts: list[bytes]) -> bytes:
     return header + struct.pack("<H", len(body)) + body
 
 
-def _render(nodes: list, values: Mapping[str, bytes]) -> bytes:
+def _render(nodes: Sequence, values: Mapping[str, bytes]) -> bytes:
     parts = []
     for node in nodes:
         if isinstance(node, bytes):
@@ -165,7 +164,7 @@ def _render(nodes: list, values: Mapping[str, bytes]) -> bytes:
         elif isinstance(node, str):
             parts.append(values[node])
         else:
-            parts.append(_render_container(node[0], [_render(node[1], values)]))
+            parts.append(_render_container(node[0], _render(node[1], values)))
     return b"".join(parts)
 
 
@@ -209,7 +208,7 @@ class Stencil:
         missing = self.slots.difference(values)
         if missing:
             raise KeyError(f"no value for slot(s) {sorted(missing)}")
-        return _render(list(self.nodes), values)
+        return _render(self.nodes, values)
 
 
 def _flatten(nodes: list):
@@ -236,15 +235,8 @@ class GroupStencils:
 
     def __init__(self, factory: GroupFactory) -> None:
         self.stencils: dict[bool, Stencil] = {}
-        slots = {
-            "tracking": ui_element(TAG_UID, _SYN_TRACKING),
-            "p_ds": ds_element(TAG_NUMERIC_VALUE, _SYN_P),
-            "p_fd": fd_element(TAG_FLOATING_POINT_VALUE, _SYN_P),
-            "t_ds": ds_element(TAG_NUMERIC_VALUE, _SYN_T),
-            "t_fd": fd_element(TAG_FLOATING_POINT_VALUE, _SYN_T),
-            "class": ui_element(TAG_REFERENCED_SOP_CLASS_UID, _SYN_CLASS),
-            "instance": ui_element(TAG_REFERENCED_SOP_INSTANCE_UID, _SYN_INSTANCE),
-        }
+        slots = {**_value_slots(_SYN_TRACKING, _SYN_P, _SYN_T),
+                 **source_slots(_SYN_CLASS, _SYN_INSTANCE)}
         synthetic = tuple(v.encode() for v in (_SYN_TRACKING, _SYN_CLASS, _SYN_INSTANCE,
                                                ds_text(_SYN_P), ds_text(_SYN_T)))
         synthetic += (struct.pack("<d", _SYN_P), struct.pack("<d", _SYN_T))
@@ -259,15 +251,19 @@ class GroupStencils:
     def fill(self, tracking_uid: str, probability: float, threshold: float, positive: bool,
              source: Mapping[str, bytes]) -> bytes:
         """The group's item bytes; ``source`` holds the encoded ``class``/``instance`` slots."""
-        values = {
-            "tracking": ui_element(TAG_UID, tracking_uid),
-            "p_ds": ds_element(TAG_NUMERIC_VALUE, probability),
-            "p_fd": fd_element(TAG_FLOATING_POINT_VALUE, probability),
-            "t_ds": ds_element(TAG_NUMERIC_VALUE, threshold),
-            "t_fd": fd_element(TAG_FLOATING_POINT_VALUE, threshold),
-            **source,
-        }
+        values = {**_value_slots(tracking_uid, probability, threshold), **source}
         return self.stencils[positive].fill(values)
+
+
+def _value_slots(tracking_uid: str, probability: float, threshold: float) -> dict[str, bytes]:
+    """The encoded slots that differ between the groups of one image."""
+    return {
+        "tracking": ui_element(TAG_UID, tracking_uid),
+        "p_ds": ds_element(TAG_NUMERIC_VALUE, probability),
+        "p_fd": fd_element(TAG_FLOATING_POINT_VALUE, probability),
+        "t_ds": ds_element(TAG_NUMERIC_VALUE, threshold),
+        "t_fd": fd_element(TAG_FLOATING_POINT_VALUE, threshold),
+    }
 
 
 def source_slots(sop_class_uid: str, sop_instance_uid: str) -> dict[str, bytes]:
