@@ -7,11 +7,17 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
+from functools import cache
 
 import numpy as np
 from pydicom.dataset import Dataset
 from pydicom.pixels import apply_modality_lut, apply_voi_lut
-from pydicom.uid import UID
+from pydicom.uid import (
+    UID,
+    DeflatedExplicitVRLittleEndian,
+    ExplicitVRLittleEndian,
+    ImplicitVRLittleEndian,
+)
 
 from dicom_io.errors import InvalidInputError
 
@@ -19,6 +25,8 @@ logger = logging.getLogger(__name__)
 
 #: Full-scale value of the 16-bit display image (the PadChest PNGs' maximum).
 DISPLAY_MAX = 65535
+#: Uncompressed little-endian transfer syntaxes: PixelData holds the stored words as they are.
+_NATIVE_LE = (ExplicitVRLittleEndian, ImplicitVRLittleEndian, DeflatedExplicitVRLittleEndian)
 
 
 @dataclass
@@ -125,13 +133,24 @@ def display_pixels(ds: Dataset, *, table: bool = True) -> DisplayPixels:
     Steps 2-5 depend on nothing but the stored value, so for integer pixels of up to 16 bits
     (``table``, the default) they run once on every value between the image's minimum and
     maximum, and the image is then looked up in that table: the same arithmetic on each
-    value, done once per distinct value instead of once per pixel.
+    value, done once per distinct value instead of once per pixel. An uncompressed
+    little-endian 16-bit image is looked up by the word in PixelData itself: step 1's masking
+    of the bits above BitsStored and its sign extension are in the table, and no decoded copy
+    of the image is made.
 
     Raises:
         InvalidInputError: the pixel data cannot be decoded (``decode-failed``), the modality
             LUT or rescale is unusable (``corrupt``), or the image is blank (``blank-image``).
     """
     steps: list[str] = []
+    words = _native_words(ds) if table else None
+    if words is not None:  # a lookup by the 16-bit word itself: no decoded copy needed
+        domain = _word_values(int(ds.BitsStored), ds.get("PixelRepresentation", 0) == 1)
+
+        def present_words(values: np.ndarray) -> np.ndarray:
+            return values[np.bincount(words.ravel(), minlength=values.size) > 0]
+
+        return DisplayPixels(lookup(_to_display(domain, ds, steps, present_words), words), steps)
     try:
         stored = ds.pixel_array
     except Exception as e:
@@ -143,6 +162,8 @@ def display_pixels(ds: Dataset, *, table: bool = True) -> DisplayPixels:
     if not (table and stored.dtype.kind in "ui" and stored.dtype.itemsize <= 2):
         return DisplayPixels(_to_display(stored, ds, steps, lambda a: a), steps)
     low, high = int(stored.min()), int(stored.max())
+    if stored.dtype.kind == "u":  # index the table by the stored value itself
+        low = 0
     domain = np.arange(low, high + 1, dtype=stored.dtype)
     index = stored if low == 0 else np.subtract(stored, low, dtype=np.int32)
 
@@ -151,7 +172,49 @@ def display_pixels(ds: Dataset, *, table: bool = True) -> DisplayPixels:
         return values[np.bincount(index.ravel(), minlength=domain.size) > 0]
 
     values = _to_display(domain, ds, steps, present)
-    return DisplayPixels(values.take(index), steps)
+    return DisplayPixels(lookup(values, index), steps)
+
+
+def _native_words(ds: Dataset) -> np.ndarray | None:
+    """The 16-bit words of an uncompressed little-endian single-frame grayscale image, as a
+    read-only view of PixelData; None when ``pixel_array`` has to decode."""
+    meta = getattr(ds, "file_meta", None)
+    tsuid = meta.get("TransferSyntaxUID") if meta is not None else None
+    if tsuid not in _NATIVE_LE or ds.get("BitsAllocated") != 16 \
+            or ds.get("SamplesPerPixel", 1) != 1:
+        return None
+    try:
+        frames = int(ds.get("NumberOfFrames") or 1)
+        rows, columns = int(ds.Rows), int(ds.Columns)
+        data = ds["PixelData"].value
+    except (AttributeError, KeyError, TypeError, ValueError):
+        return None
+    if frames != 1 or not isinstance(data, bytes | bytearray) or len(data) < rows * columns * 2:
+        return None
+    return np.frombuffer(data, dtype="<u2", count=rows * columns).reshape(rows, columns)
+
+
+@cache
+def _word_values(bits_stored: int, signed: bool) -> np.ndarray:
+    """The stored value ``pixel_array`` gives each 16-bit word: the low ``bits_stored`` bits,
+    sign-extended when ``signed`` (the bits above are not part of the value)."""
+    if not 1 <= bits_stored <= 16:
+        raise ValueError(f"BitsStored {bits_stored} outside 1..16")
+    words = np.arange(2**16, dtype=np.int64) & ((1 << bits_stored) - 1)
+    if signed:
+        words[words >= 1 << (bits_stored - 1)] -= 1 << bits_stored
+    out = words.astype(np.int16 if signed else np.uint16)
+    out.flags.writeable = False
+    return out
+
+
+def lookup(table: np.ndarray, index: np.ndarray, rows: int = 32) -> np.ndarray:
+    """``table[index]`` for a 2-D ``index``, a block of rows at a time: numpy converts the
+    indices to ``intp`` first, and a block's conversion stays in cache."""
+    out = np.empty(index.shape, dtype=table.dtype)
+    for r in range(0, index.shape[0], rows):
+        table.take(index[r:r + rows], out=out[r:r + rows])
+    return out
 
 
 def _to_display(stored: np.ndarray, ds: Dataset, steps: list[str], present) -> np.ndarray:

@@ -287,6 +287,9 @@ def _onnx_session(path: Path) -> Any:
 
     options = ort.SessionOptions()
     options.intra_op_num_threads = torch.get_num_threads()  # as configured, not reset
+    # ONNX Runtime's pool spins between runs by default: CPU the node's decoding needs.
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    options.add_session_config_entry("session.inter_op.allow_spinning", "0")
     try:
         return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
     except Exception as e:

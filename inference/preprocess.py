@@ -17,7 +17,7 @@ import numpy as np
 import torchxrayvision as xrv
 
 from inference.card import Preprocessing
-from inference.resize import resize_square
+from inference.resize import resize_square, resize_square_lookup
 
 
 @dataclass(frozen=True)
@@ -115,10 +115,9 @@ def pre_process(pixels: np.ndarray, maxval: int, pre: Preprocessing) -> tuple[np
         crop = pixels[geometry.top:geometry.top + geometry.side,
                       geometry.left:geometry.left + geometry.side]
         if pixels.dtype in (np.uint8, np.uint16):  # every value once, then a lookup
-            img = _normalised(pixels.dtype.str, maxval, pre.scale).take(crop)[None]
-        else:
-            img = _normalise(crop, maxval, pre.scale)[None]
-        return resize_square(img, pre.size), geometry
+            table = _normalised(pixels.dtype.str, maxval, pre.scale)
+            return resize_square_lookup(crop, table, pre.size), geometry
+        return resize_square(_normalise(crop, maxval, pre.scale)[None], pre.size), geometry
     img = xrv.datasets.normalize(pixels, maxval, reshape=True) * (pre.scale / 1024.0)
     img = xrv.datasets.XRayCenterCrop()(img)
     engine = "skimage" if pre.resize == "skimage-reference" else pre.resize

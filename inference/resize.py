@@ -26,6 +26,12 @@ _CACHE_LOCK = threading.Lock()
 _CACHE_MAX = 16
 #: Unit impulses resized per call while building an operator (bounds its memory).
 _CHUNK = 256
+#: Source rows per block in :func:`resize_square_lookup` (a block's values stay in cache).
+_ROWS = 32
+
+#: (first source row, end source row, first output row, end output row, dense weights).
+_Block = tuple[int, int, int, int, np.ndarray]
+_BLOCKS: OrderedDict[tuple[int, int], list[_Block]] = OrderedDict()
 
 
 def axis_operator(n_in: int, n_out: int) -> sp.csr_matrix:
@@ -76,4 +82,58 @@ def resize_square(img: np.ndarray, size: int) -> np.ndarray:
     return out.astype(np.float32)[None]
 
 
-__all__ = ["axis_operator", "resize_square"]
+def _row_blocks(n_in: int, n_out: int) -> list[_Block]:
+    """:func:`axis_operator` cut into blocks of ``_ROWS`` source rows, each with the dense
+    weights of the output rows it reaches (cached like the operator)."""
+    key = (n_in, n_out)
+    with _CACHE_LOCK:
+        found = _BLOCKS.get(key)
+        if found is not None:
+            _BLOCKS.move_to_end(key)
+            return found
+    op = axis_operator(n_in, n_out).tocsc()
+    blocks: list[_Block] = []
+    for r0 in range(0, n_in, _ROWS):
+        r1 = min(r0 + _ROWS, n_in)
+        part = op[:, r0:r1].tocsr()
+        reached = np.flatnonzero(np.diff(part.indptr))
+        if reached.size:
+            i0, i1 = int(reached[0]), int(reached[-1]) + 1
+            blocks.append((r0, r1, i0, i1, np.ascontiguousarray(part[i0:i1].toarray())))
+        else:
+            blocks.append((r0, r1, 0, 0, np.zeros((0, r1 - r0))))
+    with _CACHE_LOCK:
+        _BLOCKS[key] = found = blocks
+        while len(_BLOCKS) > _CACHE_MAX:
+            _BLOCKS.popitem(last=False)
+    return found
+
+
+def resize_square_lookup(index: np.ndarray, table: np.ndarray, size: int) -> np.ndarray:
+    """:func:`resize_square` of the image ``table[index]``, without making that image.
+
+    ``index`` is a square ``(side, side)`` integer image (a view is fine) and ``table`` the
+    float64 value of each index. The image is looked up and resized in blocks of source rows
+    that stay in cache, so the full-size float64 image never exists. The same products and
+    clipping as :func:`resize_square`, summed in another order (float64, so the float32
+    result is the same but for rare last-bit differences).
+    """
+    if index.ndim != 2 or index.shape[0] != index.shape[1]:
+        raise ValueError(f"expected a square 2-D index image, got shape {index.shape}")
+    if index.dtype.kind not in "ui" or table.dtype != np.float64:
+        raise TypeError(f"need integer indices and a float64 table, got {index.dtype} and "
+                        f"{table.dtype}")
+    side = index.shape[0]
+    rows = np.zeros((size, side))
+    lo, hi = np.inf, -np.inf
+    for r0, r1, i0, i1, weights in _row_blocks(side, size):
+        values = table.take(index[r0:r1])
+        lo, hi = min(lo, values.min()), max(hi, values.max())
+        if i1 > i0:
+            rows[i0:i1] += weights @ values
+    out = (axis_operator(side, size) @ rows.T).T
+    np.clip(out, lo, hi, out=out)
+    return out.astype(np.float32)[None]
+
+
+__all__ = ["axis_operator", "resize_square", "resize_square_lookup"]

@@ -274,6 +274,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     # GNU OpenMP threads spin between steps by default; on a busy machine that makes PyTorch
     # many times slower (measured by `cxr-node bench`). Must be set before torch loads.
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    # numpy's OpenBLAS would split each small product of the resize over every core (and
+    # spin between them) while the node already runs images in parallel. Before numpy loads.
+    os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
     parser = build_parser()
     args = parser.parse_args(argv)
     _setup_logging(args.verbose)

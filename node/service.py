@@ -12,7 +12,7 @@ from types import FrameType
 
 from inference import LoadedModel, configure_threads, load_model
 from node.dimse import make_scp, scp_handlers
-from node.intake import Intake
+from node.intake import Handoff, Intake
 from node.pipeline import Pipeline
 from node.queue import SqliteQueue
 from node.sender import Sender
@@ -40,9 +40,10 @@ class Node:
                            else None, int(settings.min_free_mb * 2**20))
         self.queue = SqliteQueue(settings.spool / "queue.sqlite3")
         # DIMSE is never refused for depth (a modality cannot wait); HTTP is (503).
-        self.intake = Intake(self.spool, self.queue)
+        handoff = Handoff(int(settings.handoff_mb * 2**20))
+        self.intake = Intake(self.spool, self.queue, handoff=handoff)
         self.http_intake = Intake(self.spool, self.queue, settings.max_queue_depth,
-                                  wake=self.intake.wake)
+                                  wake=self.intake.wake, handoff=handoff)
         self.workers: list[Worker] = []
         self.sender = Sender(settings, self.queue, self.spool, self.stop_event)
         self.scp = None

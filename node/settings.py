@@ -81,6 +81,8 @@ class Settings(BaseSettings):
     batch_size: int = Field(8, ge=1, le=256)
     max_queue_delay_ms: float = Field(20, ge=0, le=10_000)
     threads: int | None = Field(None, ge=1)
+    handoff_mb: float = Field(128, ge=0, description="received objects kept in memory for "
+                              "the workers (besides the spool), so they are not read back")
     # sending results
     destinations: list[str] = Field(default_factory=list, description="AE@HOST:PORT")
     peers: dict[str, str] = Field(default_factory=dict,

@@ -9,6 +9,8 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+from pydicom.dataset import Dataset
+
 from dicom_io import DeclinedError, DicomIOError, SourceImage, from_dataset, read_dataset
 from node.intake import Intake
 from node.memory import trim
@@ -43,18 +45,22 @@ class Worker(threading.Thread):
     def run(self) -> None:
         size = self.settings.batch_size
         delay = self.settings.max_queue_delay_ms / 1000
+        used = False  # memory freed since the last trim
         while not self.stop_event.is_set():
             try:
                 jobs = self.queue.claim(size)
                 if not jobs:
+                    if used:  # idle: give the freed pages of the last batches back
+                        trim()
+                        used = False
                     self.intake.wake.wait(0.5)
                     self.intake.wake.clear()
                     continue
                 if len(jobs) < size and delay > 0:
                     time.sleep(delay)
                     jobs += self.queue.claim(size - len(jobs))
+                used = True
                 self.process(jobs)
-                trim()  # the batch's arrays are gone: give their pages back
             except Exception:  # the worker never dies; the jobs stay for recovery
                 logger.exception("worker %s: batch failed", self.name)
                 time.sleep(1)
@@ -62,7 +68,9 @@ class Worker(threading.Thread):
 
     def _load(self, job: Job) -> SourceImage | DicomIOError:
         try:
-            return from_dataset(read_dataset(Path(job.path)), name=f"job {job.id}")
+            held = self.intake.handoff.take(job.path)
+            ds = held if isinstance(held, Dataset) else read_dataset(held or Path(job.path))
+            return from_dataset(ds, name=f"job {job.id}")
         except DicomIOError as e:
             return e
         except Exception as e:

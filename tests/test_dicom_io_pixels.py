@@ -350,3 +350,21 @@ def test_table_lookup_equals_the_pixelwise_pipeline(bits: int, signed: bool, att
         table, direct = display_pixels(ds), display_pixels(ds, table=False)
         assert np.array_equal(table.array, direct.array)
         assert table.steps == direct.steps
+
+
+@pytest.mark.parametrize("signed", [False, True], ids=["unsigned", "signed"])
+@pytest.mark.parametrize("bits", [9, 12, 15, 16])
+@pytest.mark.parametrize("voi", [{}, {"WindowCenter": 100, "WindowWidth": 300}],
+                         ids=["min-max", "window"])
+def test_lookup_by_raw_word_equals_decoding_with_garbage_high_bits(bits: int, signed: bool,
+                                                                   voi: dict):
+    """Uncompressed 16-bit images are looked up by the word on disk, without pixel_array:
+    bits above BitsStored (overlay remnants, or a sign the writer extended) are ignored and
+    the sign is taken from bit BitsStored - 1, exactly as pixel_array does."""
+    rng = np.random.default_rng(bits + 100 * signed)
+    ds = make_ds(np.zeros((ROWS, COLUMNS), dtype=np.int64), bits, signed=signed, **voi)
+    ds.PixelData = rng.integers(0, 2**16, size=ROWS * COLUMNS).astype("<u2").tobytes()
+    table, direct = display_pixels(ds), display_pixels(ds, table=False)
+    assert np.array_equal(table.array, direct.array)
+    assert table.steps == direct.steps
+    assert len(np.unique(table.array)) > 5  # not one saturated value

@@ -11,6 +11,7 @@ from typing import Literal
 
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import JSONResponse, Response
+from pydicom.dataset import Dataset
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 
@@ -71,8 +72,7 @@ async def score(
     data = await upload_bytes(request)
     ds = await run_in_threadpool(validate_upload, data)
     dicom = wants_dicom(request.headers.get("accept", ""))
-    closed = await node_score(node, data, str(ds.SOPInstanceUID),
-                              {"explain": explain, "dicom": dicom})
+    closed = await node_score(node, data, ds, {"explain": explain, "dicom": dicom})
     if dicom:
         body, content_type = await run_in_threadpool(_related, closed.outcome)
         return Response(body, media_type=content_type)
@@ -88,9 +88,11 @@ def _related(outcome) -> tuple[bytes, str]:
                          if results is not None else [])
 
 
-async def node_score(node, data: bytes, sop_uid: str, options: dict):
-    """Queue ``data`` for scoring and wait for its outcome (ApiError when not done)."""
-    job_id = await run_in_threadpool(node.http_intake.accept, data, sop_uid, None, "http", options)
+async def node_score(node, data: bytes, ds: Dataset, options: dict):
+    """Queue ``data`` (parsed: ``ds``) for scoring and wait for its outcome (ApiError when
+    not done)."""
+    job_id = await run_in_threadpool(node.http_intake.accept, data, str(ds.SOPInstanceUID),
+                                     None, "http", options, ds)
     future = node.waiters.wait_for(job_id)
     try:
         closed = await asyncio.wait_for(asyncio.wrap_future(future),

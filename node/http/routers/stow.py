@@ -64,7 +64,7 @@ def store_one(node, data: bytes, study: str | None) -> tuple[bool, dict]:
     except DeclinedError:
         pass
     try:
-        node.http_intake.accept(data, sop_instance, None, "stow")
+        node.http_intake.accept(data, sop_instance, None, "stow", dataset=ds)
     except (SpoolFullError, QueueFullError) as e:
         return False, _item(sop_class, sop_instance, OUT_OF_RESOURCES, str(e))
     return True, _item(sop_class, sop_instance)
