@@ -16,6 +16,7 @@ import hashlib
 import logging
 import os
 import pickle
+import threading
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -65,6 +66,11 @@ class LoadedModel:
     session: Any = None
     device: str = "cpu"
     _input_name: str = field(default="input", repr=False)
+    #: One forward (or explanation) at a time: each already uses every core
+    #: (``configure_threads``); two at once make two thread pools fight over the same cores
+    #: and hold two sets of activations. Reentrant, so a holder may call ``raw``.
+    compute: threading.RLock = field(default_factory=threading.RLock, repr=False,
+                                     compare=False)
 
     @property
     def info(self) -> dict[str, str]:
@@ -81,9 +87,10 @@ class LoadedModel:
         batch = np.ascontiguousarray(batch, dtype=np.float32)
         session = self.session  # once: a background export may switch it on meanwhile
         if session is not None:
-            return np.asarray(session.run(None, {self._input_name: batch})[0])
+            with self.compute:
+                return np.asarray(session.run(None, {self._input_name: batch})[0])
         assert self.module is not None
-        with torch.inference_mode():
+        with self.compute, torch.inference_mode():
             out = self.module(torch.from_numpy(batch).to(self.device))
         return out.float().cpu().numpy()
 

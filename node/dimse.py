@@ -28,7 +28,7 @@ from pydicom.uid import (
     JPEGLSNearLossless,
     RLELossless,
 )
-from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, evt
+from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, _config, evt
 from pynetdicom.sop_class import Verification
 
 from dicom_io.uids import INPUT_SOP_CLASSES
@@ -38,6 +38,10 @@ from node.settings import Peer, Settings
 from node.spool import SpoolFullError
 
 logger = logging.getLogger(__name__)
+
+# A C-STORE of a file path streams the file's data set as stored (no decoding, no copy of it
+# in memory); only used when the peer accepted the file's transfer syntax (see _store).
+_config.STORE_SEND_CHUNKED_DATASET = True
 
 #: Transfer syntaxes accepted for images: every one the core decodes.
 IMAGE_TRANSFER_SYNTAXES: list[str] = [
@@ -113,19 +117,31 @@ def scp_handlers(intake: Intake) -> list:
     return [(evt.EVT_C_ECHO, handle_echo), (evt.EVT_C_STORE, handle_store, [intake])]
 
 
-def read_result_files(paths: Sequence[Path]
+def read_result_files(paths: Sequence[Path], headers: bool = False
                       ) -> tuple[list[tuple[Path, Dataset]], list[tuple[Path, str | None]]]:
-    """Result files to send: (path, dataset) of those readable, (path, reason) of the rest."""
-    import pydicom
-
+    """Result files to send: (path, dataset) of those readable, (path, reason) of the rest
+    (``headers``: the data sets without their pixel data)."""
     datasets: list[tuple[Path, Dataset]] = []
     failures: list[tuple[Path, str | None]] = []
     for path in paths:
         try:
-            datasets.append((path, pydicom.dcmread(path)))
+            ds = pydicom.dcmread(path, stop_before_pixels=headers)
+            if headers and not ("SOPClassUID" in ds and "TransferSyntaxUID" in ds.file_meta):
+                raise ValueError("no SOP Class UID or Transfer Syntax UID")
+            datasets.append((path, ds))
         except Exception as e:
             failures.append((path, f"result file unreadable: {type(e).__name__}"))
     return datasets, failures
+
+
+def _store(assoc, path: Path, header: Dataset):
+    """C-STORE one result file: its bytes as they are when the peer accepted the file's
+    transfer syntax for its class (pynetdicom streams the file, nothing is decoded), else
+    decoded and re-encoded in the syntax the peer accepted."""
+    syntax = str(header.file_meta.TransferSyntaxUID)
+    as_is = any(str(cx.abstract_syntax) == str(header.SOPClassUID)
+                and str(cx.transfer_syntax[0]) == syntax for cx in assoc.accepted_contexts)
+    return assoc.send_c_store(path if as_is else pydicom.dcmread(path))
 
 
 def send_files(
@@ -136,7 +152,7 @@ def send_files(
     Success and warning statuses count as delivered; anything else (a failure status, no
     response, a rejected context) is a failure with its reason.
     """
-    datasets, results = read_result_files(paths)
+    datasets, results = read_result_files(paths, headers=True)
     if not datasets:
         return results
     ae = AE(ae_title=calling_ae)
@@ -152,7 +168,7 @@ def send_files(
     try:
         for path, ds in datasets:
             try:
-                status = assoc.send_c_store(ds)
+                status = _store(assoc, path, ds)
             except Exception as e:
                 results.append((path, f"C-STORE to {peer} failed: {e}"))
                 continue

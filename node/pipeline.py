@@ -61,8 +61,9 @@ class Pipeline:
             from explain import ExplainError, explain
 
             try:
-                outcome.heatmap = explain(self.model, scored, method=method or self.method,
-                                          sanity=self.sanity)
+                with self.model.compute:
+                    outcome.heatmap = explain(self.model, scored, method=method or self.method,
+                                              sanity=self.sanity)
             except ExplainError as e:
                 logger.warning("explanation failed for %s: %s", scored.image.sop_uid, e)
                 outcome.explain_error = str(e)

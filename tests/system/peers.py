@@ -54,6 +54,8 @@ class Receiver:
     port: int
     folder: Path
     proc: subprocess.Popen | None = None
+    #: storescp's transfer syntax option: ``+xa`` any, ``+xi`` implicit VR little endian only
+    syntaxes: str = "+xa"
 
     @property
     def address(self) -> str:
@@ -62,7 +64,7 @@ class Receiver:
     def start(self) -> Receiver:
         self.folder.mkdir(parents=True, exist_ok=True)
         self.proc = subprocess.Popen(
-            ["storescp", "+xa", "+uf", "-fe", ".dcm", "-aet", self.ae_title, "-od",
+            ["storescp", self.syntaxes, "+uf", "-fe", ".dcm", "-aet", self.ae_title, "-od",
              str(self.folder), str(self.port)],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         wait_port(self.port, 30, self.proc)

@@ -13,7 +13,7 @@ from pathlib import Path
 import pydicom
 import pytest
 from conftest import record_figure
-from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian, generate_uid
 from pynetdicom import AE
 
 from system.conftest import radiograph_copy
@@ -324,3 +324,29 @@ def test_sigterm_stops_cleanly(tmp_path: Path, whole_model_path: Path) -> None:
     wait_port(node.dicom_port)
     assert node.stop() == 0
     assert "stopped" in node.log_text()
+
+
+@pytest.mark.parametrize(("syntaxes", "expected"), [("+xa", ExplicitVRLittleEndian),
+                                                     ("+xi", ImplicitVRLittleEndian)])
+def test_result_files_reach_peers_as_stored_or_converted(tmp_path: Path, cr_path: Path,
+                                                         syntaxes: str, expected: str) -> None:
+    """Results are streamed from the outbox file as stored when the peer accepts its
+    transfer syntax, and re-encoded when it accepts only another one (here dcmtk's storescp
+    limited to implicit VR): the peer gets the same data set either way."""
+    from node.dimse import send_files
+    from node.settings import Peer
+
+    receiver = Receiver("PACS", free_port(), tmp_path / "got", syntaxes=syntaxes).start()
+    try:
+        [(path, failure)] = send_files(Peer("PACS", "127.0.0.1", receiver.port), [cr_path],
+                                       "CXRNODE")
+        assert path == cr_path and failure is None
+        receiver.wait_for(1, timeout=60)
+    finally:
+        receiver.stop()
+    [file] = receiver.files()
+    sent, stored = pydicom.dcmread(cr_path), pydicom.dcmread(file)
+    assert stored.file_meta.TransferSyntaxUID == expected
+    assert stored.SOPInstanceUID == sent.SOPInstanceUID
+    assert stored.PixelData == sent.PixelData
+    assert stored.PatientName == sent.PatientName
