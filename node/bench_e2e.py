@@ -360,8 +360,31 @@ class DimseRun:
 
 
 def dimse_send(port: int, called_ae: str, datasets: Sequence[Dataset], count: int,
-               calling_ae: str = "BENCHSCU", timeout: float = 120) -> DimseRun:
-    """C-STORE ``count`` copies (each with a new SOP Instance UID) in one association."""
+               calling_ae: str = "BENCHSCU", timeout: float = 120,
+               folder: Path | None = None) -> DimseRun:
+    """C-STORE ``count`` copies (each with a new SOP Instance UID) in one association.
+
+    The copies are written as files first (into ``folder``, or a temporary one) and sent as
+    a modality or archive sends stored files: streamed as they are, not re-encoded.
+    """
+    import tempfile
+
+    import node.dimse  # noqa: F401  (pynetdicom streams files given by path)
+
+    with tempfile.TemporaryDirectory(dir=folder) as tmp:
+        files: list[tuple[str, Path]] = []
+        for i in range(count):
+            ds = datasets[i % len(datasets)]
+            uid = generate_uid()
+            ds.SOPInstanceUID = uid
+            ds.file_meta.MediaStorageSOPInstanceUID = uid
+            files.append((uid, Path(tmp) / f"{i}.dcm"))
+            ds.save_as(files[-1][1], enforce_file_format=True)
+        return _send_files(port, called_ae, datasets, files, calling_ae, timeout)
+
+
+def _send_files(port: int, called_ae: str, datasets: Sequence[Dataset],
+                files: list[tuple[str, Path]], calling_ae: str, timeout: float) -> DimseRun:
     from pynetdicom import AE
 
     ae = AE(ae_title=calling_ae)
@@ -376,14 +399,10 @@ def dimse_send(port: int, called_ae: str, datasets: Sequence[Dataset], count: in
     errors: list[str] = []
     first = time.perf_counter()
     try:
-        for i in range(count):
-            ds = datasets[i % len(datasets)]
-            uid = generate_uid()
-            ds.SOPInstanceUID = uid
-            ds.file_meta.MediaStorageSOPInstanceUID = uid
+        for i, (uid, path) in enumerate(files):
             if i == 0:
                 first = time.perf_counter()
-            status = assoc.send_c_store(ds)
+            status = assoc.send_c_store(path)
             code = getattr(status, "Status", None)
             if code == 0x0000:
                 sent.append(uid)

@@ -79,7 +79,9 @@ class Settings(BaseSettings):
     workers: int = Field(2, ge=1, le=32, description="worker threads; 2 overlap DICOM "
                          "building with inference")
     batch_size: int = Field(8, ge=1, le=256)
-    max_queue_delay_ms: float = Field(20, ge=0, le=10_000)
+    max_queue_delay_ms: float = Field(0, ge=0, le=10_000, description="wait this long for "
+                                      "more jobs when fewer than a batch are queued (Triton's "
+                                      "max_queue_delay; 0: take what is queued)")
     threads: int | None = Field(None, ge=1)
     handoff_mb: float = Field(128, ge=0, description="received objects kept in memory for "
                               "the workers (besides the spool), so they are not read back")
