@@ -68,12 +68,15 @@ class Intake:
         self.handoff = handoff if handoff is not None else Handoff(0)
 
     def accept(self, data: bytes, sop_instance_uid: str | None, calling_ae: str | None,
-               origin: str, options: dict | None = None, dataset: Dataset | None = None) -> int:
+               origin: str, options: dict | None = None, dataset: Dataset | None = None,
+               durable: bool = True) -> int:
         """Store ``data`` (a DICOM Part 10 file) durably and queue it; return the job id.
 
         ``options`` (``explain``: method, ``dicom``: build result objects) override the
         node's defaults for this job. ``dataset``: ``data`` as the caller parsed it (the
-        worker then skips reading and parsing it again).
+        worker then skips reading and parsing it again). ``durable`` false: not fsynced, for
+        a caller whose acknowledgement is the result itself (``/score``); a crash before
+        the answer then loses nothing the caller was told had succeeded.
 
         Raises:
             SpoolFullError: no room; nothing was written.
@@ -81,7 +84,7 @@ class Intake:
         """
         if self.max_depth is not None and self.queue.depth() >= self.max_depth:
             raise QueueFullError(f"queue full ({self.max_depth} jobs waiting)")
-        path = self.spool.store_incoming(data)
+        path = self.spool.store_incoming(data, durable)
         try:
             job_id = self.queue.enqueue(str(path), sop_instance_uid, calling_ae, origin,
                                         options)

@@ -60,8 +60,9 @@ class Spool:
         if free - size < self.min_free_bytes:
             raise SpoolFullError(errno.ENOSPC, f"disk nearly full ({free} bytes free)")
 
-    def write(self, folder: Path, name: str, data: bytes) -> Path:
-        """Write ``data`` durably as ``folder/name``; nothing is left behind on failure."""
+    def write(self, folder: Path, name: str, data: bytes, durable: bool = True) -> Path:
+        """Write ``data`` as ``folder/name``, durably (fsynced) unless ``durable`` is false;
+        nothing is left behind on failure."""
         self.check_room(len(data))
         folder.mkdir(parents=True, exist_ok=True)
         tmp = self.tmp / f"{uuid.uuid4().hex}.part"
@@ -73,11 +74,13 @@ class Spool:
                 while view:
                     written = os.write(fd, view)
                     view = view[written:]
-                os.fsync(fd)
+                if durable:
+                    os.fsync(fd)
             finally:
                 os.close(fd)
             os.replace(tmp, final)
-            _fsync_dir(folder)
+            if durable:
+                _fsync_dir(folder)
         except OSError as e:
             tmp.unlink(missing_ok=True)
             if e.errno in (errno.ENOSPC, errno.EDQUOT):
@@ -87,9 +90,9 @@ class Spool:
             self._used += len(data)
         return final
 
-    def store_incoming(self, data: bytes) -> Path:
+    def store_incoming(self, data: bytes, durable: bool = True) -> Path:
         """Store one received object under a new unique name."""
-        return self.write(self.incoming, f"{uuid.uuid4().hex}.dcm", data)
+        return self.write(self.incoming, f"{uuid.uuid4().hex}.dcm", data, durable)
 
     def remove(self, path: Path) -> None:
         try:

@@ -42,13 +42,14 @@ def test_handoff_is_bounded_and_gives_each_object_once() -> None:
     assert handoff.put("b", b"y" * 60, 60)
 
 
-@pytest.mark.parametrize("how", ["dataset", "bytes", "file only"])
+@pytest.mark.parametrize("how", ["dataset", "bytes", "file only", "not fsynced"])
 def test_worker_loads_from_memory_what_the_spool_file_holds(tmp_path: Path, cr_path: Path,
                                                             how: str) -> None:
     data = cr_path.read_bytes()
     intake = make_intake(tmp_path, 0 if how == "file only" else 64 * 2**20)
     dataset = read_dataset(data) if how == "dataset" else None
-    job_id = intake.accept(data, None, "MOD", "dimse", dataset=dataset)
+    job_id = intake.accept(data, None, "MOD", "dimse", dataset=dataset,
+                           durable=how != "not fsynced")  # /score: the answer acknowledges
     [job] = intake.queue.claim(8)
     assert job.id == job_id
     assert Path(job.path).read_bytes() == data  # on disk before anything else

@@ -91,8 +91,9 @@ def _related(outcome) -> tuple[bytes, str]:
 async def node_score(node, data: bytes, ds: Dataset, options: dict):
     """Queue ``data`` (parsed: ``ds``) for scoring and wait for its outcome (ApiError when
     not done)."""
+    # Not fsynced: the answer is the acknowledgement, and it comes only with the result.
     job_id = await run_in_threadpool(node.http_intake.accept, data, str(ds.SOPInstanceUID),
-                                     None, "http", options, ds)
+                                     None, "http", options, ds, False)
     future = node.waiters.wait_for(job_id)
     try:
         closed = await asyncio.wait_for(asyncio.wrap_future(future),
