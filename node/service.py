@@ -140,6 +140,7 @@ class Node:
         import uvicorn
 
         from node.http import create_app
+        from node.http.protocol import body_protocol
 
         s = self.settings
         tls = {}
@@ -154,7 +155,8 @@ class Node:
         config = uvicorn.Config(create_app(self), host=s.bind, port=s.http_port,
                                 log_level="warning", timeout_keep_alive=30, access_log=False,
                                 limit_concurrency=max(64, 4 * s.max_associations),
-                                h11_max_incomplete_event_size=64 * 1024, **tls)
+                                h11_max_incomplete_event_size=64 * 1024,
+                                http=body_protocol(), **tls)
         self.http_server = uvicorn.Server(config)
         self.http_thread = threading.Thread(target=self.http_server.run, name="http",
                                             daemon=True)
