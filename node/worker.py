@@ -69,7 +69,9 @@ class Worker(threading.Thread):
     def _load(self, job: Job) -> SourceImage | DicomIOError:
         try:
             held = self.intake.handoff.take(job.path)
-            ds = held if isinstance(held, Dataset) else read_dataset(held or Path(job.path))
+            if held is None:
+                held = Path(job.path)
+            ds = held if isinstance(held, Dataset) else read_dataset(held)
             return from_dataset(ds, name=f"job {job.id}")
         except DicomIOError as e:
             return e
