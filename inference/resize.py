@@ -17,6 +17,8 @@ from __future__ import annotations
 import threading
 import warnings
 from collections import OrderedDict
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 import scipy.sparse as sp
@@ -34,6 +36,21 @@ _Block = tuple[int, int, int, int, np.ndarray]
 _BLOCKS: OrderedDict[tuple[int, int], list[_Block]] = OrderedDict()
 
 
+def _cached(cache: OrderedDict, key: tuple[int, int], make: Callable[[], Any]) -> Any:
+    """``cache[key]``, made by ``make()`` when missing (least recently used first out)."""
+    with _CACHE_LOCK:
+        found = cache.get(key)
+        if found is not None:
+            cache.move_to_end(key)
+            return found
+    value = make()
+    with _CACHE_LOCK:
+        cache[key] = value
+        while len(cache) > _CACHE_MAX:
+            cache.popitem(last=False)
+    return value
+
+
 def axis_operator(n_in: int, n_out: int) -> sp.csr_matrix:
     """skimage's resize of one axis from ``n_in`` to ``n_out`` samples, as a sparse matrix.
 
@@ -41,12 +58,10 @@ def axis_operator(n_in: int, n_out: int) -> sp.csr_matrix:
     """
     if not (isinstance(n_in, int) and isinstance(n_out, int) and n_in >= 1 and n_out >= 1):
         raise ValueError(f"axis sizes must be positive ints, not {n_in!r} -> {n_out!r}")
-    key = (n_in, n_out)
-    with _CACHE_LOCK:
-        op = _CACHE.get(key)
-        if op is not None:
-            _CACHE.move_to_end(key)
-            return op
+    return _cached(_CACHE, (n_in, n_out), lambda: _make_operator(n_in, n_out))
+
+
+def _make_operator(n_in: int, n_out: int) -> sp.csr_matrix:
     import skimage.transform
 
     blocks = []
@@ -59,12 +74,7 @@ def axis_operator(n_in: int, n_out: int) -> sp.csr_matrix:
             out = skimage.transform.resize(impulses, (1, n_out, k), mode="constant",
                                            preserve_range=True)
         blocks.append(sp.csr_matrix(out[0]))
-    op = sp.hstack(blocks, format="csr")
-    with _CACHE_LOCK:
-        _CACHE[key] = op
-        while len(_CACHE) > _CACHE_MAX:
-            _CACHE.popitem(last=False)
-    return op
+    return sp.hstack(blocks, format="csr")
 
 
 def resize_square(img: np.ndarray, size: int) -> np.ndarray:
@@ -85,12 +95,10 @@ def resize_square(img: np.ndarray, size: int) -> np.ndarray:
 def _row_blocks(n_in: int, n_out: int) -> list[_Block]:
     """:func:`axis_operator` cut into blocks of ``_ROWS`` source rows, each with the dense
     weights of the output rows it reaches (cached like the operator)."""
-    key = (n_in, n_out)
-    with _CACHE_LOCK:
-        found = _BLOCKS.get(key)
-        if found is not None:
-            _BLOCKS.move_to_end(key)
-            return found
+    return _cached(_BLOCKS, (n_in, n_out), lambda: _make_blocks(n_in, n_out))
+
+
+def _make_blocks(n_in: int, n_out: int) -> list[_Block]:
     op = axis_operator(n_in, n_out).tocsc()
     blocks: list[_Block] = []
     for r0 in range(0, n_in, _ROWS):
@@ -102,11 +110,7 @@ def _row_blocks(n_in: int, n_out: int) -> list[_Block]:
             blocks.append((r0, r1, i0, i1, np.ascontiguousarray(part[i0:i1].toarray())))
         else:
             blocks.append((r0, r1, 0, 0, np.zeros((0, r1 - r0))))
-    with _CACHE_LOCK:
-        _BLOCKS[key] = found = blocks
-        while len(_BLOCKS) > _CACHE_MAX:
-            _BLOCKS.popitem(last=False)
-    return found
+    return blocks
 
 
 def resize_square_lookup(index: np.ndarray, table: np.ndarray, size: int) -> np.ndarray:

@@ -360,18 +360,17 @@ class DimseRun:
 
 
 def dimse_send(port: int, called_ae: str, datasets: Sequence[Dataset], count: int,
-               calling_ae: str = "BENCHSCU", timeout: float = 120,
-               folder: Path | None = None) -> DimseRun:
+               calling_ae: str = "BENCHSCU", timeout: float = 120) -> DimseRun:
     """C-STORE ``count`` copies (each with a new SOP Instance UID) in one association.
 
-    The copies are written as files first (into ``folder``, or a temporary one) and sent as
-    a modality or archive sends stored files: streamed as they are, not re-encoded.
+    The copies are written as files first (in a temporary folder) and sent as a modality or
+    archive sends stored files: streamed as they are, not re-encoded.
     """
     import tempfile
 
     import node.dimse  # noqa: F401  (pynetdicom streams files given by path)
 
-    with tempfile.TemporaryDirectory(dir=folder) as tmp:
+    with tempfile.TemporaryDirectory() as tmp:
         files: list[tuple[str, Path]] = []
         for i in range(count):
             ds = datasets[i % len(datasets)]

@@ -85,13 +85,16 @@ class Intake:
         if self.max_depth is not None and self.queue.depth() >= self.max_depth:
             raise QueueFullError(f"queue full ({self.max_depth} jobs waiting)")
         path = self.spool.store_incoming(data, durable)
+        # Before the job exists: a worker claiming it at once must find it here, and nothing
+        # may stay here for a job no worker will load.
+        self.handoff.put(str(path), dataset if dataset is not None else data, len(data))
         try:
             job_id = self.queue.enqueue(str(path), sop_instance_uid, calling_ae, origin,
                                         options)
         except BaseException:
+            self.handoff.take(str(path))
             self.spool.remove(path)
             raise
-        self.handoff.put(str(path), dataset if dataset is not None else data, len(data))
         logger.info("received %s from %s as job %d (%s)", sop_instance_uid, calling_ae or "-",
                     job_id, origin)
         self.wake.set()

@@ -60,3 +60,20 @@ def test_worker_loads_from_memory_what_the_spool_file_holds(tmp_path: Path, cr_p
     assert intake.handoff.held_bytes == 0  # taken once, then gone
     assert np.array_equal(loaded.pixels, from_file.pixels)
     assert loaded.sop_uid == from_file.sop_uid and loaded.steps == from_file.steps
+
+
+def test_object_the_queue_refuses_leaves_nothing_behind(tmp_path: Path, cr_path: Path,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A failed enqueue (say the disk of the queue is full) leaves no spool file and no
+    memory held for a job that does not exist."""
+    intake = make_intake(tmp_path, 64 * 2**20)
+
+    def refuse(*args, **kwargs):
+        assert intake.handoff.held_bytes > 0  # kept before the job can be claimed
+        raise OSError("database or disk is full")
+
+    monkeypatch.setattr(intake.queue, "enqueue", refuse)
+    with pytest.raises(OSError):
+        intake.accept(cr_path.read_bytes(), None, "MOD", "dimse")
+    assert intake.handoff.held_bytes == 0
+    assert list(intake.spool.incoming.glob("*.dcm")) == []
