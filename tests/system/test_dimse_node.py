@@ -50,6 +50,18 @@ def results_by_source(datasets: list[pydicom.Dataset]) -> dict[str, dict[str, se
     return out
 
 
+def wait_results(receiver: Receiver, sources: set[str], timeout: float
+                 ) -> dict[str, dict[str, set[str]]]:
+    """:func:`results_by_source` once every one of ``sources`` has an SR, an SC and a PM in
+    ``receiver`` (or at ``timeout``); results of other sources there are left alone."""
+    deadline = time.monotonic() + timeout
+    while True:
+        got = results_by_source(receiver.received())
+        if all(len(got.get(uid, {})) >= 3 for uid in sources) or time.monotonic() > deadline:
+            return got
+        time.sleep(0.25)
+
+
 def wait_jobs(node: NodeProcess, predicate, timeout: float = 120) -> dict:
     """Poll the node's ``GET /jobs`` until ``predicate`` holds."""
     deadline = time.monotonic() + timeout
@@ -95,20 +107,21 @@ def test_storescu_images_come_back_as_valid_sr_sc_pm(
     for path, option in encoded_variants:
         proc = storescu(node.dicom_port, [path], extra=(option, "-R"))
         assert proc.returncode == 0, (path.name, proc.stderr)
-    receiver.wait_for(3 * len(sources), timeout=300)
-    got = results_by_source(receiver.received())
+    got = wait_results(receiver, set(sources), timeout=300)
     for uid, path in sources.items():
         classes = got[uid]
         assert set(classes) == {SR_CLASS, SC_CLASS, PM_CLASS}, (path.name, dict(classes))
         assert all(len(uids) == 1 for uids in classes.values())
     study = pydicom.dcmread(encoded_variants[0][0], stop_before_pixels=True).StudyInstanceUID
-    for f in receiver.files():
+    ours = [f for f in receiver.files()  # the session's PACS also holds other tests' results
+            if set(results_by_source([pydicom.dcmread(f, stop_before_pixels=True)])) & set(sources)]
+    assert len(ours) == 3 * len(sources)
+    for f in ours:
         ds = pydicom.dcmread(f, stop_before_pixels=True)
         assert ds.StudyInstanceUID == study
         assert ds.Manufacturer == "cxr-node"
         assert dciodvfy_errors(f) == [], f.name
-    sr = [f for f in receiver.files()
-          if pydicom.dcmread(f, stop_before_pixels=True).SOPClassUID == SR_CLASS]
+    sr = [f for f in ours if pydicom.dcmread(f, stop_before_pixels=True).SOPClassUID == SR_CLASS]
     dump = subprocess.run(["dsrdump", str(sr[0])], capture_output=True, text=True, timeout=60)
     assert dump.returncode == 0 and "Imaging Measurement Report" in dump.stdout
 
