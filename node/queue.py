@@ -144,6 +144,11 @@ class SqliteQueue:
         return {r[0] for r in self._db().execute("SELECT path FROM jobs")}
 
     def claim(self, limit: int) -> list[Job]:
+        # A read first: a worker finding nothing must not take the write lock that every
+        # C-STORE and upload needs to be acknowledged.
+        if self._db().execute("SELECT 1 FROM jobs WHERE state='queued' LIMIT 1").fetchone() \
+                is None:
+            return []
         with self._tx() as db:
             rows = db.execute("SELECT * FROM jobs WHERE state='queued' ORDER BY id LIMIT ?",
                               (limit,)).fetchall()

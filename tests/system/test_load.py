@@ -38,8 +38,13 @@ def test_dimse_and_http_load_together(tmp_path: Path, cr_path: Path, whole_model
     acknowledged: list[str] = []
     lock = threading.Lock()
 
+    slowest: list[float] = [0.0]
+
     def association(index: int) -> None:
         ae = AE(ae_title=f"MOD{index:02d}")
+        # This test is about nothing being lost and memory staying bounded; how long an
+        # acknowledgement may take under this overload on 2 cores is recorded, not asserted.
+        ae.dimse_timeout = 120
         ae.add_requested_context(template.SOPClassUID, ExplicitVRLittleEndian)
         assoc = ae.associate("127.0.0.1", node.dicom_port, ae_title="CXRNODE")
         assert assoc.is_established, f"association {index} refused"
@@ -49,8 +54,11 @@ def test_dimse_and_http_load_together(tmp_path: Path, cr_path: Path, whole_model
                 # thread's copy would change the image another thread is sending.
                 ds = copy.deepcopy(template)
                 ds.SOPInstanceUID = pydicom.uid.generate_uid(entropy_srcs=[f"load-{index}-{j}"])
+                sent = time.monotonic()
                 status = assoc.send_c_store(ds)
-                if status.Status == 0x0000:
+                with lock:
+                    slowest[0] = max(slowest[0], time.monotonic() - sent)
+                if getattr(status, "Status", None) == 0x0000:  # none: no response in time
                     with lock:
                         acknowledged.append(str(ds.SOPInstanceUID))
         finally:
@@ -94,7 +102,8 @@ def test_dimse_and_http_load_together(tmp_path: Path, cr_path: Path, whole_model
         rss = peak_rss_mb(node.proc.pid)
         record_figure(f"load: {len(acknowledged)} images by {ASSOCIATIONS} associations and "
                       f"{ok} /score answers ({http_statuses.count(503)} pushed back with 503) "
-                      f"in {elapsed:.0f} s; node peak RSS {rss:.0f} MB")
+                      f"in {elapsed:.0f} s; slowest C-STORE response {slowest[0]:.1f} s; "
+                      f"node peak RSS {rss:.0f} MB")
         assert rss < 1536
     finally:
         node.stop()
