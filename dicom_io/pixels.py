@@ -161,9 +161,8 @@ def display_pixels(ds: Dataset, *, table: bool = True) -> DisplayPixels:
         raise InvalidInputError("dimensions", f"decoded pixel array has shape {stored.shape}")
     if not (table and stored.dtype.kind in "ui" and stored.dtype.itemsize <= 2):
         return DisplayPixels(_to_display(stored, ds, steps, lambda a: a), steps)
-    low, high = int(stored.min()), int(stored.max())
-    if stored.dtype.kind == "u":  # index the table by the stored value itself
-        low = 0
+    high = int(stored.max())
+    low = 0 if stored.dtype.kind == "u" else int(stored.min())  # unsigned: the value indexes
     domain = np.arange(low, high + 1, dtype=stored.dtype)
     index = stored if low == 0 else np.subtract(stored, low, dtype=np.int32)
 

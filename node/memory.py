@@ -5,7 +5,8 @@ intermediates, heat maps, result objects). glibc keeps much of what is freed in 
 (its mmap threshold rises after each large free, so later arrays of the same size come from
 the heap, and every thread has its own arena), so RSS stays at the largest batch ever seen.
 :func:`trim` (``malloc_trim(0)``) returns the free pages of every arena to the system; the
-workers call it after each batch. The allocator itself is left alone: pinning its mmap
+workers call it when they find the queue empty (not after every batch: under load, each
+batch would fault its pages in again). The allocator itself is left alone: pinning its mmap
 threshold low was tried and made PyTorch 2-2.5x slower (a fresh mapping, and page faults,
 for every large tensor).
 """
