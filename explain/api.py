@@ -22,6 +22,7 @@ from explain.shap_maps import shap_map
 from explain.target import Target, randomised_target, target_for
 from inference.factory import LoadedModel
 from inference.predict import Scored
+from inference.preprocess import Geometry
 
 logger = logging.getLogger(__name__)
 
@@ -85,11 +86,25 @@ def _model_map(target: Target, batch: np.ndarray, index: int, method: str, layer
 
 def normalise(model_map: np.ndarray, signed: bool) -> np.ndarray:
     """Scale to ``[0, 1]`` (by the maximum) or, if ``signed``, to ``[-1, 1]`` (by max |value|)."""
-    m = np.nan_to_num(np.asarray(model_map, dtype=np.float32), nan=0.0, posinf=0.0, neginf=0.0)
+    return _normalise_in_place(np.array(model_map, dtype=np.float32, copy=True), signed)
+
+
+def _normalise_in_place(m: np.ndarray, signed: bool) -> np.ndarray:
+    np.nan_to_num(m, copy=False, nan=0.0, posinf=0.0, neginf=0.0)
     if not signed:
-        m = np.clip(m, 0.0, None)
-    peak = float(np.abs(m).max()) if m.size else 0.0
-    return (m / peak if peak > 0 else m).astype(np.float32)
+        np.clip(m, 0.0, None, out=m)
+    peak = max(float(m.max()), -float(m.min())) if m.size else 0.0
+    if peak > 0:
+        m /= np.float32(peak)
+    return m
+
+
+def source_map(geometry: Geometry, model_map: np.ndarray, signed: bool) -> np.ndarray:
+    """``model_map`` normalised, on the source grid, normalised there so that its maximum (or
+    max |value|) is exactly 1; 0 where the crop cut the image. One full-size array is made:
+    the crop square is scaled before it is placed (the zeros around it change no maximum)."""
+    square = geometry.to_crop(normalise(model_map, signed))
+    return geometry.place(_normalise_in_place(square, signed))
 
 
 def explain(
@@ -147,8 +162,7 @@ def explain(
     suppressed, reason = verdict(checks)
     signed = name in SIGNED_METHODS
     geometry = scored.geometry
-    # Normalised on the source grid, so that its maximum (or max |value|) is exactly 1.
-    values = normalise(geometry.to_source(normalise(model_map, signed)), signed)
+    values = source_map(geometry, model_map, signed)
     heatmap = HeatMap(
         values=values,
         label=label,

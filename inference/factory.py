@@ -66,6 +66,10 @@ class LoadedModel:
     session: Any = None
     device: str = "cpu"
     _input_name: str = field(default="input", repr=False)
+    #: ONNX Runtime: at most this many images per run (``None``: the whole batch at once).
+    #: On CPU a larger run is no faster per image, and the session's memory arena keeps,
+    #: for the life of the process, the memory of the largest run it has seen.
+    session_batch: int | None = None
     #: One forward (or explanation) at a time: each already uses every core
     #: (``configure_threads``); two at once make two thread pools fight over the same cores
     #: and hold two sets of activations. Reentrant, so a holder may call ``raw``.
@@ -87,8 +91,11 @@ class LoadedModel:
         batch = np.ascontiguousarray(batch, dtype=np.float32)
         session = self.session  # once: a background export may switch it on meanwhile
         if session is not None:
+            step = self.session_batch or len(batch) or 1
             with self.compute:
-                return np.asarray(session.run(None, {self._input_name: batch})[0])
+                outs = [np.asarray(session.run(None, {self._input_name: batch[i:i + step]})[0])
+                        for i in range(0, max(len(batch), 1), step)]
+            return outs[0] if len(outs) == 1 else np.concatenate(outs)
         assert self.module is not None
         with self.compute, torch.inference_mode():
             out = self.module(torch.from_numpy(batch).to(self.device))

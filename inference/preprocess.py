@@ -61,12 +61,21 @@ class Geometry:
         The crop square gets the map resized (bilinear) to side x side; pixels the crop cut
         off, which the model never saw, get ``fill``.
         """
+        return self.place(self.to_crop(model_map), fill)
+
+    def to_crop(self, model_map: np.ndarray) -> np.ndarray:
+        """A size x size map resized (bilinear) to the crop square, side x side (float32)."""
         import cv2
 
         model_map = np.asarray(model_map, dtype=np.float32)
         if model_map.shape != (self.size, self.size):
             raise ValueError(f"map shape {model_map.shape} is not ({self.size}, {self.size})")
-        square = cv2.resize(model_map, (self.side, self.side), interpolation=cv2.INTER_LINEAR)
+        return cv2.resize(model_map, (self.side, self.side), interpolation=cv2.INTER_LINEAR)
+
+    def place(self, square: np.ndarray, fill: float = 0.0) -> np.ndarray:
+        """The source grid (float32) with ``square`` at the crop and ``fill`` elsewhere."""
+        if square.shape != (self.side, self.side):
+            raise ValueError(f"square shape {square.shape} is not ({self.side}, {self.side})")
         out = np.full((self.rows, self.columns), fill, dtype=np.float32)
         out[self.top:self.top + self.side, self.left:self.left + self.side] = square
         return out

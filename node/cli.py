@@ -59,6 +59,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int)
     p.add_argument("--batch-size", type=int)
     p.add_argument("--max-queue-delay-ms", type=float)
+    p.add_argument("--onnx-run-batch", type=int, help="images per ONNX Runtime run (1)")
+    p.add_argument("--handoff-mb", type=float,
+                   help="received objects kept in memory for the workers, MB")
     p.add_argument("--threads", type=int)
     p.add_argument("--onnx-fast-path", action=argparse.BooleanOptionalAction, default=None,
                    help="predict with ONNX Runtime when it matches PyTorch (default on)")

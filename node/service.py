@@ -62,6 +62,7 @@ class Node:
         configure_threads(s.threads)
         if self.model is None:
             self.model = load_model(s.model, card=s.card, cache_dir=s.weights_cache)
+        self.model.session_batch = s.onnx_run_batch
         if s.onnx_fast_path:
             self._start_fast_path()
         self.pipeline = Pipeline(self.model, s.explain, batch_size=s.batch_size)

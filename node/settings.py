@@ -70,6 +70,10 @@ class Settings(BaseSettings):
     explain: str = Field("gradcam", description="gradcam, gradcampp, shap or none")
     onnx_fast_path: bool = Field(True, description="predict with ONNX Runtime when the "
                                  "export matches PyTorch within 1e-4")
+    onnx_run_batch: int = Field(1, ge=1, le=256, description="images per ONNX Runtime run "
+                                "(a batch runs in runs of this size): on CPU a larger run is "
+                                "no faster per image, and the session keeps the memory of its "
+                                "largest run")
     # storage and queue
     spool: Path = Field(Path("spool"), description="spool folder (received images, queue, outbox)")
     spool_quota_mb: float | None = Field(None, gt=0, description="largest spool size")

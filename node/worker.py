@@ -12,6 +12,7 @@ from pathlib import Path
 from pydicom.dataset import Dataset
 
 from dicom_io import DeclinedError, DicomIOError, SourceImage, from_dataset, read_dataset
+from inference import Scored
 from node.intake import Intake
 from node.memory import trim
 from node.metrics import BATCH_SIZE, JOBS
@@ -107,20 +108,27 @@ class Worker(threading.Thread):
             return
         BATCH_SIZE.observe(len(good))
         scored = self.pipeline.score([image for _, image in good])
-        for (job, _), one in zip(good, scored, strict=True):
-            try:
-                options = job.options or {}
-                outcome = self.pipeline.complete(one, method=options.get("explain"),
-                                                 build_dicom=options.get("dicom", True))
-                self._deliver(job, outcome)
-            except SpoolFullError as e:
-                logger.error("job %d: outbox full (%s); will retry", job.id, e.strerror)
-                self.queue.requeue(job.id, f"outbox full: {e.strerror}")
-                time.sleep(5)
-            except Exception as e:
-                logger.exception("job %d failed", job.id)
-                self.queue.finish(job.id, "failed", f"internal error: {type(e).__name__}: {e}")
-                self._notify(job, "failed", None, f"internal error: {type(e).__name__}")
+        # Each image (full-size pixels) and its results are let go as soon as it is done, not
+        # at the end of the batch.
+        pending = [(job, one) for (job, _), one in zip(good, scored, strict=True)][::-1]
+        del loaded, good, scored
+        while pending:
+            self._complete(*pending.pop())
+
+    def _complete(self, job: Job, scored: Scored) -> None:
+        try:
+            options = job.options or {}
+            outcome = self.pipeline.complete(scored, method=options.get("explain"),
+                                             build_dicom=options.get("dicom", True))
+            self._deliver(job, outcome)
+        except SpoolFullError as e:
+            logger.error("job %d: outbox full (%s); will retry", job.id, e.strerror)
+            self.queue.requeue(job.id, f"outbox full: {e.strerror}")
+            time.sleep(5)
+        except Exception as e:
+            logger.exception("job %d failed", job.id)
+            self.queue.finish(job.id, "failed", f"internal error: {type(e).__name__}: {e}")
+            self._notify(job, "failed", None, f"internal error: {type(e).__name__}")
 
     def destinations(self, job: Job) -> list[str]:
         """DIMSE and DICOMweb destinations of a job's results (none for HTTP scoring)."""

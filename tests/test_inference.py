@@ -218,6 +218,11 @@ def test_onnx_fast_path_predicts_the_same_and_keeps_the_module(
     assert (tmp_path / f"{eager.sha256}.onnx").is_file()
     again = load_model(whole_model_path)
     assert enable_onnx_fast_path(again, tmp_path)  # the cached export is reused
+    # The node runs a batch in runs of ``session_batch`` images: the same answers, in order.
+    whole = again.probabilities(batch)
+    for step in (1, 2, len(batch) + 1):
+        again.session_batch = step
+        np.testing.assert_allclose(again.probabilities(batch), whole, atol=1e-6)
 
 
 def test_onnx_fast_path_refuses_a_model_that_disagrees(tmp_path: Path,

@@ -116,7 +116,9 @@ def _heatmap_values(heatmap: Any, source: SourceContext) -> tuple[np.ndarray, bo
             f"heat map values span [{vmin:.4g}, {vmax:.4g}]; a "
             f"{'signed' if signed else 'unsigned'} map must lie in [{low:g}, 1]"
         )
-    return np.ascontiguousarray(np.clip(values, low, 1.0), dtype=np.float32), signed
+    if vmin < low or vmax > 1.0:  # within the tolerance: clipped (a copy)
+        values = np.clip(values, low, 1.0)
+    return np.ascontiguousarray(values, dtype=np.float32), signed
 
 
 def _heatmap_text(heatmap: Any, name: str) -> str:
