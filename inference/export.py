@@ -2,16 +2,21 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import logging
+import os
+import subprocess
+import sys
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from inference.errors import InferenceError
-from inference.factory import LoadedModel
+from inference.factory import LoadedModel, load_model
 
 logger = logging.getLogger(__name__)
 
@@ -69,32 +74,64 @@ def onnx_cache_path(model: LoadedModel, cache_dir: str | Path) -> Path:
     return Path(cache_dir) / f"{model.sha256}.onnx"
 
 
+def export_onnx_isolated(model: LoadedModel, path: str | Path, *,
+                         cache_dir: str | Path | None = None, timeout: float = 900) -> Path:
+    """Export ``model`` to ONNX at ``path`` in a child process (``python -m inference.export``).
+
+    The child loads the weights again from ``model.source`` with ``model``'s card and refuses
+    them unless their sha256 is ``model``'s. What the export allocates (tracing, the graph,
+    some 150 MB for a DenseNet121 that glibc keeps in the heap afterwards) and any crash of
+    the exporter stay out of the calling process. Raises :class:`InferenceError` with the
+    child's last line when it fails.
+    """
+    path = Path(path)
+    card = path.with_name(path.name + ".input-card.json")
+    card.write_text(json.dumps(model.card.to_dict()), encoding="utf-8")
+    cmd = [sys.executable, "-m", "inference.export", str(model.source), str(path),
+           "--sha256", model.sha256, "--card", str(card)]
+    if cache_dir is not None:
+        cmd += ["--weights-cache", str(cache_dir)]
+    # One thread: the node serves on the cores meanwhile.
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "OMP_WAIT_POLICY": "PASSIVE"}
+    try:
+        done = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env,
+                              stdin=subprocess.DEVNULL)
+    except subprocess.TimeoutExpired as e:
+        raise InferenceError(f"the ONNX export took over {timeout:.0f} s") from e
+    finally:
+        card.unlink(missing_ok=True)
+    if done.returncode != 0:
+        lines = done.stderr.strip().splitlines()
+        raise InferenceError(f"the ONNX export process exited with {done.returncode}: "
+                             f"{lines[-1] if lines else 'no message'}")
+    return path
+
+
 def enable_onnx_fast_path(model: LoadedModel, cache_dir: str | Path,
                           tolerance: float = PARITY_TOLERANCE,
-                          subject: LoadedModel | None = None) -> bool:
+                          exporter: Callable[[LoadedModel, Path], object] | None = None
+                          ) -> bool:
     """Predict with ONNX Runtime when the exported model agrees within ``tolerance``.
 
     The export is cached in ``cache_dir`` under the weights' sha256. The eager module stays
     for explanations. Returns whether the fast path is on; when the export fails or
     disagrees, the model keeps predicting with PyTorch and the log says why.
 
-    ``subject``: a copy of ``model`` (its own module) to export and check instead, so that
-    this can run in a background thread while ``model`` predicts and explains (explanations
-    hook into the module). The session is switched on only after it passed the check.
+    ``exporter(model, path)`` writes the export (default :func:`export_onnx`, in this
+    process; the node passes :func:`export_onnx_isolated` and calls this from a background
+    thread while ``model`` predicts: the check's PyTorch forward takes the model's lock like
+    any other). The session is switched on only after it passed the check.
     """
     from inference.factory import _onnx_session
 
     if model.backend != "torch" or model.module is None or model.session is not None:
         return model.session is not None
-    subject = subject or model
-    if subject.sha256 != model.sha256 or subject.module is None:
-        raise ValueError("subject must be a copy of the model (same weights, a module)")
     path = onnx_cache_path(model, cache_dir)
     try:
         if not path.is_file():
             path.parent.mkdir(parents=True, exist_ok=True)
             tmp = path.with_suffix(".onnx.part")
-            export_onnx(subject, tmp)
+            (exporter or export_onnx)(model, tmp)
             tmp.with_name(tmp.name + ".card.json").unlink(missing_ok=True)
             tmp.replace(path)
         session = _onnx_session(path)
@@ -102,7 +139,7 @@ def enable_onnx_fast_path(model: LoadedModel, cache_dir: str | Path,
         logger.warning("ONNX export failed (%s); predicting with PyTorch", e)
         return False
     x = _example(model, 4).numpy()
-    reference = subject.probabilities(x)
+    reference = model.probabilities(x)
     name = session.get_inputs()[0].name
     candidate = model.to_probabilities(np.asarray(session.run(None, {name: x})[0]))
     difference = float(np.max(np.abs(candidate - reference)))
@@ -115,3 +152,34 @@ def enable_onnx_fast_path(model: LoadedModel, cache_dir: str | Path,
     model.backend = "torch+onnxruntime"
     logger.info("prediction by ONNX Runtime (max difference %.1e from PyTorch)", difference)
     return True
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m inference.export MODEL OUT``: the child of :func:`export_onnx_isolated`."""
+    parser = argparse.ArgumentParser(prog="python -m inference.export",
+                                     description="Export a PyTorch model to ONNX.")
+    parser.add_argument("model", help="weights file or torchxrayvision named weights")
+    parser.add_argument("out", help="ONNX file to write")
+    parser.add_argument("--sha256", help="refuse weights with another sha256")
+    parser.add_argument("--card", help="model card (default: beside the weights)")
+    parser.add_argument("--weights-cache", help="torchxrayvision's weights cache")
+    args = parser.parse_args(argv)
+    torch.set_num_threads(1)
+    try:
+        model = load_model(args.model, card=args.card, cache_dir=args.weights_cache)
+        if args.sha256 and model.sha256 != args.sha256:
+            raise InferenceError(f"{args.model} now has sha256 {model.sha256[:12]}, not "
+                                 f"{args.sha256[:12]}: the weights changed since they were "
+                                 "loaded")
+        export_onnx(model, args.out)
+    except InferenceError as e:
+        print(f"export: {e}", file=sys.stderr)
+        return 2
+    except Exception as e:  # the exporter's own failure: one line for the parent's log
+        print(f"export: {type(e).__name__}: {e}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -67,6 +67,7 @@ class Options:
     threads: int | None = None
     skip: frozenset[str] = frozenset()
     repeat: int = 3
+    min_time_s: float = 2.0
     shap_nsamples: int | None = None
     timeout_s: float = 900.0
     node_args: list[str] = field(default_factory=list)
@@ -82,6 +83,8 @@ class Options:
         for name in ("count", "clients", "batch_size", "repeat"):
             if getattr(args, name) < 1:
                 raise ValueError(f"--{name.replace('_', '-')} must be at least 1")
+        if not 0 <= args.min_time <= 600:
+            raise ValueError(f"--min-time {args.min_time}: use 0 to 600 seconds")
         node_args: list[str] = []
         for flag in ("workers", "max_queue_delay_ms", "config"):
             value = getattr(args, flag, None)
@@ -92,7 +95,8 @@ class Options:
         return cls(model=str(args.model), card=args.card, weights_cache=args.weights_cache,
                    images=list(args.images or []), count=args.count, clients=args.clients,
                    batch_size=args.batch_size, threads=args.threads, skip=skip,
-                   repeat=args.repeat, shap_nsamples=args.shap_nsamples,
+                   repeat=args.repeat, min_time_s=args.min_time,
+                   shap_nsamples=args.shap_nsamples,
                    timeout_s=args.timeout, node_args=node_args, json_only=args.json_only)
 
 
@@ -220,27 +224,34 @@ def collect_images(paths: Sequence[Path]) -> list[BenchImage]:
 # ---------------------------------------------------------------- model only
 
 
-def timed(fn: Callable[[], object], repeat: int, warmup: int = 1) -> list[float]:
-    """Seconds of ``repeat`` calls of ``fn`` after ``warmup`` untimed ones."""
+def timed(fn: Callable[[], object], repeat: int, warmup: int = 1,
+          min_s: float = 0.0) -> list[float]:
+    """Seconds of each timed call of ``fn`` after ``warmup`` untimed ones: ``repeat`` calls,
+    more until they add up to ``min_s`` (at most 100), so that a figure taken on a shared
+    machine spans more than a moment of its load."""
     for _ in range(warmup):
         fn()
-    times = []
-    for _ in range(repeat):
+    times: list[float] = []
+    while len(times) < repeat or (sum(times) < min_s and len(times) < 100):
         started = time.perf_counter()
         fn()
         times.append(time.perf_counter() - started)
     return times
 
 
-def _forward(res: Results, prefix: str, model: Any, inputs: Any, batch: int,
-             repeat: int) -> None:
+def _forward(res: Results, prefix: str, model: Any, inputs: Any, opts: Options) -> None:
     import numpy as np
 
-    for key, n in (("single", 1), ("batch", batch)):
+    for key, n in (("single", 1), ("batch", opts.batch_size)):
         x = np.ascontiguousarray(inputs[:n])
-        latency = statistics.median(timed(lambda x=x: model.probabilities(x), repeat))
+        cpu = time.process_time()
+        times = timed(lambda x=x: model.probabilities(x), opts.repeat, min_s=opts.min_time_s)
+        latency = statistics.median(times)
         res.put(f"{prefix}_{key}_latency_s", latency)
         res.put(f"{prefix}_{key}_ips", n / latency)
+        if key == "batch":  # CPU of every thread per image (the warm-up run included)
+            res.put(f"{prefix}_batch_cpu_s",
+                    (time.process_time() - cpu) / (n * (len(times) + 1)))
 
 
 def load(opts: Options) -> Any:
@@ -283,7 +294,7 @@ def measure_model(opts: Options, model: Any, images: list[BenchImage], res: Resu
 
     if model.module is not None and model.session is None:
         progress(f"PyTorch eager, batch 1 and {opts.batch_size}")
-        _forward(res, "torch", model, inputs, opts.batch_size, opts.repeat)
+        _forward(res, "torch", model, inputs, opts)
         if "gradcam" not in opts.skip:
             _phase(res, "Grad-CAM", lambda: _gradcam(opts, model, picks, inputs, res))
         if "shap" not in opts.skip:
@@ -302,7 +313,7 @@ def measure_model(opts: Options, model: Any, images: list[BenchImage], res: Resu
             path = export_onnx(model, work / "bench-model.onnx")
             onnx_model = load_model(path)
             configure_threads(opts.threads)  # opening the session set the cores present
-        _forward(res, "onnx", onnx_model, inputs, opts.batch_size, opts.repeat)
+        _forward(res, "onnx", onnx_model, inputs, opts)
 
     _phase(res, "ONNX Runtime", onnx)
 
@@ -322,7 +333,7 @@ def _gradcam(opts: Options, model: Any, picks: list, inputs: Any, res: Results) 
     progress(f"Grad-CAM: forward (PyTorch, batch {opts.batch_size}) + one map per image")
     warm = _scored(model, picks[:1], model.probabilities(inputs[:1]))
     heatmap = explain(model, warm[0], method="gradcam")  # medcam injection, first run
-    started = time.perf_counter()
+    started, cpu = time.perf_counter(), time.process_time()
     scored = _scored(model, picks, model.probabilities(inputs))
     maps = []
     for one in scored:
@@ -332,6 +343,7 @@ def _gradcam(opts: Options, model: Any, picks: list, inputs: Any, res: Results) 
     total = time.perf_counter() - started
     res.put("gradcam_s", statistics.median(maps))
     res.put("model_gradcam_batch_ips", len(picks) / total)
+    res.put("model_gradcam_cpu_s", (time.process_time() - cpu) / len(picks))
     try:
         from dicom_io.results import builder_for
 
@@ -409,6 +421,13 @@ def _phase(res: Results, name: str, fn: Callable[[], object]) -> bool:
         return False
 
 
+def _put_cpu(res: Results, key: str, before: float | None, after: float | None,
+             images: int) -> None:
+    """The node's CPU seconds per image over a phase (every thread of the process)."""
+    if before is not None and after is not None and images:
+        res.put(key, (after - before) / images)
+
+
 def _http(opts: Options, node: Any, images: list[BenchImage], res: Results) -> None:
     from node.bench_e2e import http_load
 
@@ -420,7 +439,10 @@ def _http(opts: Options, node: Any, images: list[BenchImage], res: Results) -> N
             raise RuntimeError(f"/score failed during warm-up: {warm.errors[0]}")
     for key, clients in (("single", 1), ("concurrent", opts.clients)):
         progress(f"HTTP /score: {opts.count} requests from {clients} client(s)")
+        cpu = node.cpu_s()
         run = http_load(node.http_port, bodies, opts.count, clients, timeout=opts.timeout_s)
+        if key == "concurrent":
+            _put_cpu(res, "http_concurrent_node_cpu_s", cpu, node.cpu_s(), len(run.latencies))
         res.put(f"http_{key}_ips", run.ips)
         res.put(f"http_{key}_p50_s", run.p(50))
         res.put(f"http_{key}_p95_s", run.p(95))
@@ -452,8 +474,10 @@ def _dimse(opts: Options, node: Any, receiver: Any, datasets: list, explain: str
     warm = dimse_send(node.dicom_port, node.ae_title, datasets, 1)
     receiver.wait_for(expected(warm.sent), opts.timeout_s, idle)
     progress(f"DIMSE ({explain}): {opts.count} images by C-STORE, waiting for their results")
+    cpu = node.cpu_s()
     run = dimse_send(node.dicom_port, node.ae_title, datasets, opts.count)
     got = receiver.wait_for(expected(run.sent), opts.timeout_s, idle)
+    _put_cpu(res, f"{key}_node_cpu_s", cpu, node.cpu_s(), len(run.sent))
     with_sr = {u for u in run.sent if instance_uid("sr", u, sha) in got}
     res.info[key] = {"sent": len(run.sent), "with_results": len(with_sr),
                      "objects": len(got), "received": class_names(got)}

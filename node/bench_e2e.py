@@ -52,6 +52,15 @@ def proc_status_mb(pid: int, key: str = "VmHWM") -> float | None:
     return None
 
 
+def process_cpu_s(pid: int) -> float | None:
+    """User + system CPU seconds of a process, all its threads (``/proc/<pid>/stat``)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError):
+        return None
+
+
 def percentile(values: Sequence[float], q: float) -> float | None:
     return float(np.percentile(np.asarray(values, dtype=float), q)) if len(values) else None
 
@@ -157,6 +166,10 @@ class NodeUnderTest:
         busy = [f"jobs_{s}" for s in BUSY_JOB_STATES]
         busy += [f"deliveries_{s}" for s in BUSY_DELIVERY_STATES]
         return not any(counts.get(k, 0) for k in busy)
+
+    def cpu_s(self) -> float | None:
+        """CPU seconds (user + system, every thread) the node has used so far."""
+        return process_cpu_s(self.proc.pid) if self.proc is not None else None
 
     def peak_rss_mb(self) -> float | None:
         return proc_status_mb(self.proc.pid) if self.proc is not None else None

@@ -22,6 +22,8 @@ RAW_KEYS = (
     "dimse_gradcam_ips", "dimse_gradcam_wall_s", "dimse_gradcam_send_s",
     "dimse_none_ips", "dimse_none_wall_s", "dimse_none_send_s",
     "score_reference_s",
+    "onnx_batch_cpu_s", "model_gradcam_cpu_s", "http_concurrent_node_cpu_s",
+    "dimse_gradcam_node_cpu_s", "dimse_none_node_cpu_s",
 )
 
 
@@ -142,6 +144,19 @@ def table(opts: Options, res: Results, ratios: dict[str, float | None],
         if got:
             lines.append("    received: " + ", ".join(
                 f"{v['count']} {name} ({v['mean_mb']:.2f} MB each)" for name, v in got.items()))
+    lines += ["", _row("CPU per image (every thread of the process)", "CPU",
+                       "model's share")]
+    for label, key, model_key in (
+        (f"model: ONNX Runtime, batch {b}", "onnx_batch_cpu_s", "onnx_batch_cpu_s"),
+        (f"model: PyTorch batch {b} + Grad-CAM of each", "model_gradcam_cpu_s",
+         "model_gradcam_cpu_s"),
+        (f"node: HTTP /score, {opts.clients} client(s)", "http_concurrent_node_cpu_s",
+         "onnx_batch_cpu_s"),
+        ("node: DIMSE, Grad-CAM (SR+SC+PM)", "dimse_gradcam_node_cpu_s", "model_gradcam_cpu_s"),
+        ("node: DIMSE, explain none (SR)", "dimse_none_node_cpu_s", "onnx_batch_cpu_s"),
+    ):
+        share = _div(r.get(model_key), r.get(key))
+        lines.append(_row(label, fmt_s(r.get(key)), "" if share is None else f"{share:.0%}"))
     lines += ["", _row("Targets (reported, never enforced)", "target", "measured", "result")]
     for name, c in checks.items():
         verdict = "-" if c["pass"] is None else "pass" if c["pass"] else "FAIL"

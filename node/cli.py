@@ -101,6 +101,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--skip", action="append", metavar="PHASE[,PHASE]",
                    help="leave out: http, dimse, noexplain, gradcam, shap")
     p.add_argument("--repeat", type=int, default=3, help="timed runs per model-only figure (3)")
+    p.add_argument("--min-time", type=float, default=2.0,
+                   help="seconds each model-only figure runs at least (2)")
     p.add_argument("--shap-nsamples", type=int, help="SHAP samples (default: the node's)")
     p.add_argument("--timeout", type=float, default=900, help="seconds per wait (900)")
     p.add_argument("--workers", type=int, help="node under test: --workers")

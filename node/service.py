@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import copy
-import dataclasses
 import logging
 import signal
 import threading
@@ -63,8 +61,7 @@ class Node:
         if self.model is None:
             self.model = load_model(s.model, card=s.card, cache_dir=s.weights_cache)
         self.model.session_batch = s.onnx_run_batch
-        if s.onnx_fast_path:
-            self._start_fast_path()
+        export = s.onnx_fast_path and self._start_fast_path()
         self.pipeline = Pipeline(self.model, s.explain, batch_size=s.batch_size)
         self.warm_up()
         recovered = self.intake.recover()
@@ -81,35 +78,48 @@ class Node:
                                             evt_handlers=scp_handlers(self.intake),
                                             ssl_context=s.server_ssl_context())
         self.ready.set()
+        if export:
+            self._export_in_background()
         logger.info("%s listening for DICOM on %s:%d (model %s %s, sha256 %s)", s.ae_title,
                     s.bind, self.dicom_port, self.model.card.name, self.model.card.version,
                     self.model.sha256[:12])
 
-    def _start_fast_path(self) -> None:
-        """ONNX Runtime for prediction: at once from a cached export; else exported in the
-        background while PyTorch predicts (the node is ready sooner; results name the
-        backend that scored them)."""
-        from inference.export import enable_onnx_fast_path, onnx_cache_path
+    def _start_fast_path(self) -> bool:
+        """ONNX Runtime for prediction: at once from a cached export; else say it is pending
+        and return True: :meth:`_export_in_background` exports it once the node is ready."""
+        from inference.export import onnx_cache_path
 
-        cache = self.settings.spool / "onnx-cache"
-        subject = None
-
-        def enable() -> None:
-            try:
-                on = enable_onnx_fast_path(self.model, cache, subject=subject)
-            except Exception:  # the fast path is optional: PyTorch keeps predicting
-                logger.exception("ONNX fast path failed; predicting with PyTorch")
-                on = False
-            self.fast_path = "on" if on else "off"
-
-        if onnx_cache_path(self.model, cache).is_file():
-            enable()
-            return
-        logger.info("exporting the model to ONNX in the background; PyTorch predicts meanwhile")
-        if self.model.module is not None:  # its own module: warm-up hooks explanations in
-            subject = dataclasses.replace(self.model, module=copy.deepcopy(self.model.module))
+        if onnx_cache_path(self.model, self.settings.spool / "onnx-cache").is_file():
+            self._enable_fast_path(exporter=None)
+            return False
+        if self.model.backend != "torch" or self.model.module is None:
+            return False
         self.fast_path = "pending"
-        threading.Thread(target=enable, name="onnx-export", daemon=True).start()
+        return True
+
+    def _enable_fast_path(self, exporter) -> None:
+        from inference.export import enable_onnx_fast_path
+
+        try:
+            on = enable_onnx_fast_path(self.model, self.settings.spool / "onnx-cache",
+                                       exporter=exporter)
+        except Exception:  # the fast path is optional: PyTorch keeps predicting
+            logger.exception("ONNX fast path failed; predicting with PyTorch")
+            on = False
+        self.fast_path = "on" if on else "off"
+
+    def _export_in_background(self) -> None:
+        """Export to ONNX in a child process while PyTorch predicts (the node is ready
+        sooner, and the export's memory never enters the node); results name the backend
+        that scored them."""
+        from functools import partial
+
+        from inference.export import export_onnx_isolated
+
+        logger.info("exporting the model to ONNX in the background; PyTorch predicts meanwhile")
+        exporter = partial(export_onnx_isolated, cache_dir=self.settings.weights_cache)
+        threading.Thread(target=self._enable_fast_path, args=(exporter,), name="onnx-export",
+                         daemon=True).start()
 
     def warm_up(self) -> None:
         """One synthetic image through prediction and the explanation, and the SR stencils

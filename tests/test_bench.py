@@ -41,7 +41,8 @@ def small_cr(tmp_path_factory: pytest.TempPathFactory, cr_path: Path) -> Path:
 def test_bench_reports_every_figure(whole_model_path: Path, small_cr: Path,
                                     capsys: pytest.CaptureFixture[str]) -> None:
     rc = main(["bench", "--model", str(whole_model_path), "--images", str(small_cr),
-               "--count", "4", "--clients", "2", "--repeat", "1", "--shap-nsamples", "2",
+               "--count", "4", "--clients", "2", "--repeat", "1", "--min-time", "0",
+               "--shap-nsamples", "2",
                "--timeout", "120"])
     out, err = capsys.readouterr()
     assert rc == 0, err[-3000:]
@@ -61,7 +62,8 @@ def test_bench_reports_every_figure(whole_model_path: Path, small_cr: Path,
     assert "Comprehensive 3D SR Storage" in dimse["dimse_none"]["received"]
     table = "\n".join(lines[:-1])
     for heading in ("Model only", "PyTorch eager, batch 8", "ONNX Runtime, batch 1",
-                    "HTTP /score", "DIMSE in/out, Grad-CAM", "Targets", "http_vs_model"):
+                    "HTTP /score", "DIMSE in/out, Grad-CAM", "CPU per image",
+                    "node: DIMSE, explain none (SR)", "Targets", "http_vs_model"):
         assert heading in table
 
 
@@ -76,7 +78,7 @@ def test_bench_png_folder_json_only(whole_model_path: Path, tmp_path: Path,
     skimage.io.imsave(folder / "a.png", rng.integers(0, 255, (256, 240), dtype=np.uint8),
                       check_contrast=False)
     rc = main(["bench", "--model", str(whole_model_path), "--images", str(folder),
-               "--repeat", "1", "--skip", "http,dimse", "--skip", "shap", "--json-only"])
+               "--repeat", "1", "--min-time", "0", "--skip", "http,dimse", "--skip", "shap", "--json-only"])
     out, err = capsys.readouterr()
     assert rc == 0, err[-3000:]
     [line] = out.strip().splitlines()
@@ -91,6 +93,8 @@ def test_bench_usage_errors(whole_model_path: Path, tmp_path: Path,
                             capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["bench", "--model", str(whole_model_path), "--skip", "nothing"]) == 2
     assert "--skip nothing" in capsys.readouterr().err
+    assert main(["bench", "--model", str(whole_model_path), "--min-time", "-1"]) == 2
+    assert "--min-time -1" in capsys.readouterr().err
     empty = tmp_path / "empty"
     empty.mkdir()
     assert main(["bench", "--model", str(whole_model_path), "--images", str(empty)]) == 2

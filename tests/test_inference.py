@@ -16,6 +16,7 @@ from conftest import small_densenet
 import dicom_io
 from inference import (
     PADCHEST_LABELS,
+    InferenceError,
     ModelCardError,
     ModelLoadError,
     Predictor,
@@ -223,6 +224,40 @@ def test_onnx_fast_path_predicts_the_same_and_keeps_the_module(
     for step in (1, 2, len(batch) + 1):
         again.session_batch = step
         np.testing.assert_allclose(again.probabilities(batch), whole, atol=1e-6)
+
+
+def test_onnx_export_in_a_child_process_enables_the_fast_path(
+    tmp_path: Path, whole_model_path: Path, batch: np.ndarray
+) -> None:
+    """The node's background export: a child process loads the same weights and exports;
+    this process checks parity and predicts with ONNX Runtime, its heap untouched."""
+    from inference.export import enable_onnx_fast_path, export_onnx_isolated
+
+    eager = load_model(whole_model_path)
+    fast = load_model(whole_model_path)
+    assert enable_onnx_fast_path(fast, tmp_path, exporter=export_onnx_isolated)
+    assert fast.backend == "torch+onnxruntime"
+    np.testing.assert_allclose(fast.probabilities(batch), eager.probabilities(batch), atol=1e-4)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [f"{eager.sha256}.onnx"]
+
+
+def test_onnx_export_child_refuses_weights_that_changed(tmp_path: Path,
+                                                         whole_model_path: Path) -> None:
+    """Weights replaced on disk after loading: the child's sha256 differs, nothing is cached
+    and the model keeps predicting with PyTorch."""
+    import dataclasses
+
+    from inference.export import enable_onnx_fast_path, export_onnx_isolated
+
+    model = load_model(whole_model_path)
+    with pytest.raises(InferenceError, match="weights changed since they were loaded"):
+        export_onnx_isolated(dataclasses.replace(model, sha256="0" * 64), tmp_path / "x.onnx")
+    assert not (tmp_path / "x.onnx").exists()
+    assert list(tmp_path.iterdir()) == []  # the card handed to the child is removed
+    stale = dataclasses.replace(model, sha256="1" * 64)
+    assert not enable_onnx_fast_path(stale, tmp_path / "cache", exporter=export_onnx_isolated)
+    assert stale.session is None and stale.backend == "torch"
+    assert not any((tmp_path / "cache").glob("*.onnx"))
 
 
 def test_onnx_fast_path_refuses_a_model_that_disagrees(tmp_path: Path,
