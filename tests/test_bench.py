@@ -78,7 +78,8 @@ def test_bench_png_folder_json_only(whole_model_path: Path, tmp_path: Path,
     skimage.io.imsave(folder / "a.png", rng.integers(0, 255, (256, 240), dtype=np.uint8),
                       check_contrast=False)
     rc = main(["bench", "--model", str(whole_model_path), "--images", str(folder),
-               "--repeat", "1", "--min-time", "0", "--skip", "http,dimse", "--skip", "shap", "--json-only"])
+               "--repeat", "1", "--min-time", "0", "--skip", "http,dimse", "--skip", "shap",
+               "--json-only"])
     out, err = capsys.readouterr()
     assert rc == 0, err[-3000:]
     [line] = out.strip().splitlines()
