@@ -529,6 +529,7 @@ def measure_node(opts: Options, images: list[BenchImage], res: Results, work: Pa
                 res.info["node_gradcam_jobs"] = node.counts()
         finally:
             res.put("node_gradcam_peak_rss_mb", node.peak_rss_mb())
+            res.put("node_gradcam_peak_anon_mb", node.peak_anon_mb)
             node.stop()
         if not run_none:
             return
@@ -543,6 +544,7 @@ def measure_node(opts: Options, images: list[BenchImage], res: Results, work: Pa
                    lambda: _dimse(opts, node, receiver, datasets, "none", res))
         finally:
             res.put("node_none_peak_rss_mb", node.peak_rss_mb())
+            res.put("node_none_peak_anon_mb", node.peak_anon_mb)
             node.stop()
     finally:
         receiver.stop()

@@ -83,6 +83,8 @@ class NodeUnderTest:
     ready_rss_mb: float | None = None
     ready_peak_rss_mb: float | None = None
     _ready: threading.Event = field(default_factory=threading.Event)
+    #: Highest anonymous RSS seen (MB), sampled every 50 ms from ready to stop.
+    peak_anon_mb: float | None = None
 
     def command(self) -> list[str]:
         cmd = [sys.executable, "-m", "node.cli", "serve", "--bind", "127.0.0.1",
@@ -120,7 +122,18 @@ class NodeUnderTest:
             raise RuntimeError(f"node printed ready but /readyz answered {status}: {body}")
         self.ready_rss_mb = proc_status_mb(self.proc.pid, "VmRSS")
         self.ready_peak_rss_mb = proc_status_mb(self.proc.pid, "VmHWM")
+        threading.Thread(target=self._sample_anon, name="bench-node-anon", daemon=True).start()
         return self.ready_s
+
+    def _sample_anon(self) -> None:
+        """The kernel keeps no peak of anonymous memory: sample ``RssAnon`` (the memory the
+        node owns, without the library pages that ``VmHWM`` also counts)."""
+        proc = self.proc
+        while proc is not None and proc.poll() is None:
+            anon = proc_status_mb(proc.pid, "RssAnon")
+            if anon is not None and (self.peak_anon_mb is None or anon > self.peak_anon_mb):
+                self.peak_anon_mb = anon
+            time.sleep(0.05)
 
     def _read_stdout(self) -> None:
         assert self.proc is not None and self.proc.stdout is not None
