@@ -553,6 +553,25 @@ def measure_node(opts: Options, images: list[BenchImage], res: Results, work: Pa
 # ---------------------------------------------------------------- the command
 
 
+def cpu_times() -> list[int] | None:
+    """The machine's CPU time counters (``/proc/stat``: user .. steal), or None."""
+    try:
+        with open("/proc/stat") as f:
+            return [int(v) for v in f.readline().split()[1:9]]
+    except (OSError, ValueError):
+        return None
+
+
+def steal_share(before: list[int] | None, after: list[int] | None) -> float | None:
+    """Of the CPU time that passed, the share the hypervisor gave to other guests (steal):
+    on a shared VM every figure of a run with much of it is low."""
+    if not before or not after or len(before) < 8 or len(after) < 8:
+        return None
+    spent = [b - a for a, b in zip(before, after, strict=True)]
+    total = sum(spent)
+    return round(spent[7] / total, 4) if total > 0 else None
+
+
 def machine() -> dict[str, Any]:
     import onnxruntime
     import torch
@@ -570,6 +589,7 @@ def run(opts: Options) -> int:
     res = Results()
     started = time.perf_counter()
     load_start = [round(x, 2) for x in os.getloadavg()]
+    cpu_start = cpu_times()
     images = collect_images(opts.images)
     model = load(opts)
     with tempfile.TemporaryDirectory(prefix="cxr-node-bench-") as tmp:
@@ -581,7 +601,8 @@ def run(opts: Options) -> int:
             if not {"http", "dimse"} <= opts.skip:
                 measure_node(opts, images, res, work)
     res.info["machine"] = {**machine(), "loadavg_start": load_start,
-                           "loadavg_end": [round(x, 2) for x in os.getloadavg()]}
+                           "loadavg_end": [round(x, 2) for x in os.getloadavg()],
+                           "steal": steal_share(cpu_start, cpu_times())}
     res.info["bench_s"] = round(time.perf_counter() - started, 1)
     table, line = report(opts, res)
     if not opts.json_only:

@@ -394,8 +394,6 @@ def dimse_send(port: int, called_ae: str, datasets: Sequence[Dataset], count: in
     """
     import tempfile
 
-    import node.dimse  # noqa: F401  (pynetdicom streams files given by path)
-
     with tempfile.TemporaryDirectory() as tmp:
         files: list[tuple[str, Path]] = []
         for i in range(count):
@@ -412,6 +410,8 @@ def _send_files(port: int, called_ae: str, datasets: Sequence[Dataset],
                 files: list[tuple[str, Path]], calling_ae: str, timeout: float) -> DimseRun:
     from pynetdicom import AE
 
+    from node.dimse import no_delay  # also: pynetdicom streams files given by path
+
     ae = AE(ae_title=calling_ae)
     ae.network_timeout = ae.acse_timeout = ae.dimse_timeout = timeout
     for sop_class, syntax in sorted({(str(ds.SOPClassUID), str(ds.file_meta.TransferSyntaxUID))
@@ -420,6 +420,7 @@ def _send_files(port: int, called_ae: str, datasets: Sequence[Dataset],
     assoc = ae.associate("127.0.0.1", port, ae_title=called_ae)
     if not assoc.is_established:
         raise RuntimeError(f"association with the node ({called_ae}@127.0.0.1:{port}) failed")
+    no_delay(assoc.dul.socket.socket)  # as an Orthanc or the node itself sends
     sent: list[str] = []
     errors: list[str] = []
     first = time.perf_counter()

@@ -104,7 +104,8 @@ def table(opts: Options, res: Results, ratios: dict[str, float | None],
         f"{images.get('rows', '?')}x{images.get('columns', '?')}); {opts.count} per end-to-end "
         f"phase; {opts.clients} clients; batch {b}; {m.get('cpus', '?')} CPU(s), "
         f"{m.get('torch_threads', '?')} thread(s); load average {m.get('loadavg_start', ['?'])[0]}"
-        f" -> {m.get('loadavg_end', ['?'])[0]}",
+        f" -> {m.get('loadavg_end', ['?'])[0]}"
+        + ("" if m.get("steal") is None else f"; CPU stolen by the host {m['steal']:.0%}"),
         "",
         _row("Model only (bench process, same inputs)", "latency", "throughput"),
         _row("decode (parse + VOI), 1 image", fmt_s(r.get("decode_s")), ""),

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import io
 import logging
+import socket
+import threading
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -30,6 +32,7 @@ from pydicom.uid import (
 )
 from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, _config, evt
 from pynetdicom.sop_class import Verification
+from pynetdicom.transport import ThreadedAssociationServer
 
 from dicom_io.uids import INPUT_SOP_CLASSES
 from node.intake import Intake, QueueFullError
@@ -117,6 +120,45 @@ def scp_handlers(intake: Intake) -> list:
     return [(evt.EVT_C_ECHO, handle_echo), (evt.EVT_C_STORE, handle_store, [intake])]
 
 
+def no_delay(sock: socket.socket | None) -> None:
+    """Send small writes at once (``TCP_NODELAY``), as Orthanc does (it builds DCMTK with
+    ``DISABLE_NAGLE_ALGORITHM``; DCMTK itself leaves Nagle on unless ``NO_TCPDELAY=1``).
+
+    pynetdicom leaves Nagle's algorithm on. A C-STORE is written as a small command PDU and
+    then the data set, and the reply is awaited: Nagle holds the data set's last segment until
+    the command's segment is acknowledged, and a peer delays that acknowledgement (Linux: up
+    to 40 ms). Measured on loopback: a small C-STORE round trip 50 ms with Nagle, 8 ms
+    without; an association with one C-STORE 72 ms against 32 ms.
+    """
+    if sock is None or sock.family not in (socket.AF_INET, socket.AF_INET6):
+        return
+    try:
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    except OSError as e:  # a socket closed meanwhile: the association fails on its own
+        logger.debug("TCP_NODELAY not set: %s", e)
+
+
+class NoDelayAssociationServer(ThreadedAssociationServer):
+    """pynetdicom's threaded server; each accepted connection gets :func:`no_delay`."""
+
+    def get_request(self) -> tuple[socket.socket, tuple[str, int]]:
+        client, address = super().get_request()
+        no_delay(client)
+        return client, address
+
+
+def start_scp(ae: AE, address: tuple[str, int], handlers: list,
+              ssl_context=None) -> NoDelayAssociationServer:
+    """``ae.start_server(address, block=False, ...)`` with :class:`NoDelayAssociationServer`
+    (``ae.shutdown()`` stops it as it stops its own)."""
+    server = ae.make_server(address, evt_handlers=handlers, ssl_context=ssl_context,
+                            server_class=NoDelayAssociationServer)
+    threading.Thread(target=server.serve_forever, name=f"{ae.ae_title}-acceptor",
+                     daemon=True).start()
+    ae._servers.append(server)  # as start_server does: the server removes itself on shutdown
+    return server
+
+
 def read_result_files(paths: Sequence[Path], headers: bool = False
                       ) -> tuple[list[tuple[Path, Dataset]], list[tuple[Path, str | None]]]:
     """Result files to send: (path, dataset) of those readable, (path, reason) of the rest
@@ -165,6 +207,7 @@ def send_files(
     if not assoc.is_established:
         why = "rejected" if assoc.is_rejected else "aborted" if assoc.is_aborted else "no answer"
         return results + [(p, f"association with {peer} {why}") for p, _ in datasets]
+    no_delay(assoc.dul.socket.socket if assoc.dul.socket is not None else None)
     try:
         for path, ds in datasets:
             try:

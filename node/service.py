@@ -9,7 +9,7 @@ import time
 from types import FrameType
 
 from inference import LoadedModel, configure_threads, load_model
-from node.dimse import make_scp, scp_handlers
+from node.dimse import make_scp, scp_handlers, start_scp
 from node.intake import Handoff, Intake
 from node.pipeline import Pipeline
 from node.queue import SqliteQueue
@@ -74,9 +74,8 @@ class Node:
             self.workers.append(worker)
         self.sender.start()
         self.scp = make_scp(s, self.intake)
-        self.server = self.scp.start_server((s.bind, s.dicom_port), block=False,
-                                            evt_handlers=scp_handlers(self.intake),
-                                            ssl_context=s.server_ssl_context())
+        self.server = start_scp(self.scp, (s.bind, s.dicom_port), scp_handlers(self.intake),
+                                s.server_ssl_context())
         self.ready.set()
         if export:
             self._export_in_background()

@@ -57,6 +57,7 @@ def test_bench_reports_every_figure(whole_model_path: Path, small_cr: Path,
         assert isinstance(value, float) and math.isfinite(value) and value > 0, (name, value)
     for check in report["targets"].values():
         assert check["pass"] in (True, False)
+    assert 0 <= report["machine"]["steal"] <= 1  # the host's share of this run's CPU time
     dimse = report["dimse"]
     assert dimse["dimse_gradcam"]["with_results"] == dimse["dimse_gradcam"]["sent"] == 4
     assert "Comprehensive 3D SR Storage" in dimse["dimse_none"]["received"]

@@ -1,0 +1,53 @@
+"""The node's DICOM transport: TCP_NODELAY on its associations, its SCP server's life."""
+
+from __future__ import annotations
+
+import socket
+
+import pytest
+from pydicom.uid import ImplicitVRLittleEndian
+from pynetdicom import AE, evt
+from pynetdicom.sop_class import Verification
+
+from node.dimse import NoDelayAssociationServer, handle_echo, no_delay, start_scp
+
+
+def _nodelay(sock: socket.socket) -> bool:
+    return bool(sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY))
+
+
+def test_no_delay_sets_tcp_nodelay_and_ignores_other_sockets() -> None:
+    with socket.create_server(("127.0.0.1", 0)) as server, \
+            socket.create_connection(server.getsockname()) as client:
+        assert not _nodelay(client)  # the kernel's default: Nagle on
+        no_delay(client)
+        assert _nodelay(client)
+    left, right = socket.socketpair()  # AF_UNIX: no TCP options, nothing to do
+    with left, right:
+        no_delay(left)
+    no_delay(None)
+
+
+def test_scp_connections_send_without_nagle_and_stop_with_the_ae() -> None:
+    """Each association the node accepts has TCP_NODELAY (its C-STORE responses are not held
+    back), it answers like pynetdicom's own server, and ``ae.shutdown()`` closes the port."""
+    ae = AE(ae_title="NODE")
+    ae.add_supported_context(Verification, ImplicitVRLittleEndian)
+    server = start_scp(ae, ("127.0.0.1", 0), [(evt.EVT_C_ECHO, handle_echo)])
+    assert isinstance(server, NoDelayAssociationServer)
+    port = server.server_address[1]
+    try:
+        scu = AE(ae_title="SCU")
+        scu.add_requested_context(Verification, ImplicitVRLittleEndian)
+        assoc = scu.associate("127.0.0.1", port, ae_title="NODE")
+        assert assoc.is_established
+        try:
+            assert assoc.send_c_echo().Status == 0x0000
+            [accepted] = server.active_associations
+            assert _nodelay(accepted.dul.socket.socket)
+        finally:
+            assoc.release()
+    finally:
+        ae.shutdown()
+    with pytest.raises(OSError):
+        socket.create_connection(("127.0.0.1", port), timeout=2).close()
