@@ -8,6 +8,7 @@ import logging
 import os
 import subprocess
 import sys
+import threading
 import warnings
 from collections.abc import Callable
 from pathlib import Path
@@ -127,17 +128,21 @@ def enable_onnx_fast_path(model: LoadedModel, cache_dir: str | Path,
     if model.backend != "torch" or model.module is None or model.session is not None:
         return model.session is not None
     path = onnx_cache_path(model, cache_dir)
+    # Its own name: an export left running by a node that stopped never shares a file with
+    # the next one (only the finished file is renamed into place).
+    tmp = path.with_suffix(f".onnx.{os.getpid()}-{threading.get_ident()}.part")
     try:
         if not path.is_file():
             path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_suffix(".onnx.part")
             (exporter or export_onnx)(model, tmp)
-            tmp.with_name(tmp.name + ".card.json").unlink(missing_ok=True)
             tmp.replace(path)
         session = _onnx_session(path)
     except Exception as e:
         logger.warning("ONNX export failed (%s); predicting with PyTorch", e)
         return False
+    finally:
+        tmp.unlink(missing_ok=True)
+        tmp.with_name(tmp.name + ".card.json").unlink(missing_ok=True)
     x = _example(model, 4).numpy()
     reference = model.probabilities(x)
     name = session.get_inputs()[0].name

@@ -257,7 +257,25 @@ def test_onnx_export_child_refuses_weights_that_changed(tmp_path: Path,
     stale = dataclasses.replace(model, sha256="1" * 64)
     assert not enable_onnx_fast_path(stale, tmp_path / "cache", exporter=export_onnx_isolated)
     assert stale.session is None and stale.backend == "torch"
-    assert not any((tmp_path / "cache").glob("*.onnx"))
+    assert list((tmp_path / "cache").iterdir()) == []
+
+
+def test_onnx_export_that_fails_midway_leaves_nothing_in_the_cache(
+    tmp_path: Path, whole_model_path: Path
+) -> None:
+    """A half-written export is never renamed into the cache nor left beside it."""
+    from inference.export import enable_onnx_fast_path
+
+    def half_then_fail(model, path: Path) -> None:
+        Path(path).write_bytes(b"\x08\x07 not a whole model")
+        Path(f"{path}.card.json").write_text("{}")
+        raise RuntimeError("exporter crashed")
+
+    model = load_model(whole_model_path)
+    assert not enable_onnx_fast_path(model, tmp_path, exporter=half_then_fail)
+    assert model.session is None and list(tmp_path.iterdir()) == []
+    assert enable_onnx_fast_path(model, tmp_path)  # the next try exports from scratch
+    assert [p.name for p in tmp_path.iterdir()] == [f"{model.sha256}.onnx"]
 
 
 def test_onnx_fast_path_refuses_a_model_that_disagrees(tmp_path: Path,
