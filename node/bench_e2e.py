@@ -410,17 +410,16 @@ def _send_files(port: int, called_ae: str, datasets: Sequence[Dataset],
                 files: list[tuple[str, Path]], calling_ae: str, timeout: float) -> DimseRun:
     from pynetdicom import AE
 
-    from node.dimse import no_delay  # also: pynetdicom streams files given by path
+    from node.dimse import associate  # also: pynetdicom streams files given by path
 
     ae = AE(ae_title=calling_ae)
     ae.network_timeout = ae.acse_timeout = ae.dimse_timeout = timeout
     for sop_class, syntax in sorted({(str(ds.SOPClassUID), str(ds.file_meta.TransferSyntaxUID))
                                      for ds in datasets}):
         ae.add_requested_context(sop_class, [syntax])
-    assoc = ae.associate("127.0.0.1", port, ae_title=called_ae)
+    assoc = associate(ae, "127.0.0.1", port, called_ae)  # TCP_NODELAY, as the node sends
     if not assoc.is_established:
         raise RuntimeError(f"association with the node ({called_ae}@127.0.0.1:{port}) failed")
-    no_delay(assoc.dul.socket.socket)  # as an Orthanc or the node itself sends
     sent: list[str] = []
     errors: list[str] = []
     first = time.perf_counter()

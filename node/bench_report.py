@@ -150,15 +150,14 @@ def table(opts: Options, res: Results, ratios: dict[str, float | None],
     lines += ["", _row("CPU per image (every thread of the process)", "CPU",
                        "model's share")]
     for label, key, model_key in (
-        (f"model: ONNX Runtime, batch {b}", "onnx_batch_cpu_s", "onnx_batch_cpu_s"),
-        (f"model: PyTorch batch {b} + Grad-CAM of each", "model_gradcam_cpu_s",
-         "model_gradcam_cpu_s"),
+        (f"model: ONNX Runtime, batch {b}", "onnx_batch_cpu_s", None),
+        (f"model: PyTorch batch {b} + Grad-CAM of each", "model_gradcam_cpu_s", None),
         (f"node: HTTP /score, {opts.clients} client(s)", "http_concurrent_node_cpu_s",
          "onnx_batch_cpu_s"),
         ("node: DIMSE, Grad-CAM (SR+SC+PM)", "dimse_gradcam_node_cpu_s", "model_gradcam_cpu_s"),
         ("node: DIMSE, explain none (SR)", "dimse_none_node_cpu_s", "onnx_batch_cpu_s"),
     ):
-        share = _div(r.get(model_key), r.get(key))
+        share = _div(r.get(model_key), r.get(key)) if model_key else None
         lines.append(_row(label, fmt_s(r.get(key)), "" if share is None else f"{share:.0%}"))
     lines += ["", _row("Targets (reported, never enforced)", "target", "measured", "result")]
     for name, c in checks.items():

@@ -147,6 +147,14 @@ class NoDelayAssociationServer(ThreadedAssociationServer):
         return client, address
 
 
+def associate(ae: AE, host: str, port: int, called_ae: str):
+    """``ae.associate(...)``, the connection set to :func:`no_delay` once established."""
+    assoc = ae.associate(host, port, ae_title=called_ae)
+    if assoc.is_established and assoc.dul.socket is not None:
+        no_delay(assoc.dul.socket.socket)
+    return assoc
+
+
 def start_scp(ae: AE, address: tuple[str, int], handlers: list,
               ssl_context=None) -> NoDelayAssociationServer:
     """``ae.start_server(address, block=False, ...)`` with :class:`NoDelayAssociationServer`
@@ -203,11 +211,10 @@ def send_files(
         # one context each, so a peer that prefers implicit VR does not force a re-encoding
         ae.add_requested_context(sop_class, ExplicitVRLittleEndian)
         ae.add_requested_context(sop_class, ImplicitVRLittleEndian)
-    assoc = ae.associate(peer.host, peer.port, ae_title=peer.ae_title)
+    assoc = associate(ae, peer.host, peer.port, peer.ae_title)
     if not assoc.is_established:
         why = "rejected" if assoc.is_rejected else "aborted" if assoc.is_aborted else "no answer"
         return results + [(p, f"association with {peer} {why}") for p, _ in datasets]
-    no_delay(assoc.dul.socket.socket if assoc.dul.socket is not None else None)
     try:
         for path, ds in datasets:
             try:

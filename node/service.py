@@ -84,17 +84,18 @@ class Node:
                     self.model.sha256[:12])
 
     def _start_fast_path(self) -> bool:
-        """ONNX Runtime for prediction: at once from a cached export; else say it is pending
-        and return True: :meth:`_export_in_background` exports it once the node is ready."""
+        """ONNX Runtime for prediction: at once from a cached export (or a model that is ONNX
+        already); else say it is pending and return True: :meth:`_export_in_background`
+        exports it once the node is ready."""
         from inference.export import onnx_cache_path
 
-        if onnx_cache_path(self.model, self.settings.spool / "onnx-cache").is_file():
-            self._enable_fast_path(exporter=None)
-            return False
-        if self.model.backend != "torch" or self.model.module is None:
-            return False
-        self.fast_path = "pending"
-        return True
+        exportable = self.model.backend == "torch" and self.model.module is not None
+        if exportable and not onnx_cache_path(self.model,
+                                              self.settings.spool / "onnx-cache").is_file():
+            self.fast_path = "pending"
+            return True
+        self._enable_fast_path(exporter=None)
+        return False
 
     def _enable_fast_path(self, exporter) -> None:
         from inference.export import enable_onnx_fast_path

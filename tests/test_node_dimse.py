@@ -9,7 +9,7 @@ from pydicom.uid import ImplicitVRLittleEndian
 from pynetdicom import AE, evt
 from pynetdicom.sop_class import Verification
 
-from node.dimse import NoDelayAssociationServer, handle_echo, no_delay, start_scp
+from node.dimse import NoDelayAssociationServer, associate, handle_echo, no_delay, start_scp
 
 
 def _nodelay(sock: socket.socket) -> bool:
@@ -39,8 +39,8 @@ def test_scp_connections_send_without_nagle_and_stop_with_the_ae() -> None:
     try:
         scu = AE(ae_title="SCU")
         scu.add_requested_context(Verification, ImplicitVRLittleEndian)
-        assoc = scu.associate("127.0.0.1", port, ae_title="NODE")
-        assert assoc.is_established
+        assoc = associate(scu, "127.0.0.1", port, "NODE")  # as the node's sender associates
+        assert assoc.is_established and _nodelay(assoc.dul.socket.socket)
         try:
             assert assoc.send_c_echo().Status == 0x0000
             [accepted] = server.active_associations
