@@ -6,7 +6,7 @@ Azure ML deployment (``deploy/aci.py``). ``init()`` loads the weights and model 
 
 * ``POST``: one DICOM radiograph, as the raw body (``application/dicom`` or
   ``application/octet-stream``) or as multipart form field ``image``; the answer is the JSON
-  of the node's ``POST /score`` (:func:`node.scoring.score_document`), built by the same core.
+  of the node's ``POST /score`` (:func:`node.core.scoring.score_document`), built by the same core.
   ``?explain=gradcam|gradcampp|shap`` adds the explanation with its overlay, as ``/score``.
 * ``GET``: the model card (JSON).
 
@@ -35,11 +35,12 @@ from azureml.contrib.services.aml_response import AMLResponse
 from werkzeug.wrappers import Request
 
 from deploy.modeldir import find_card, find_weights
-from dicom_io import DeclinedError, DicomIOError, SourceImage, from_dataset
+from dicom_io import DeclinedError, DicomIOError, from_dataset
+from domain import SourceImage
 from inference import LoadedModel, configure_threads, load_model
-from node.memory import trim
-from node.pipeline import Pipeline
-from node.scoring import score_document, validate_upload
+from node.core.memory import trim
+from node.core.pipeline import Pipeline
+from node.core.scoring import score_document, validate_upload
 
 # azmlinfsrv imports this file as module "entry_module": log under the project's name.
 logger = logging.getLogger("deploy.score" if __name__ == "entry_module" else __name__)

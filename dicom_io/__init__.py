@@ -2,7 +2,7 @@
 
 from dicom_io.errors import DeclinedError, DicomIOError, InvalidInputError, ResultBuildError
 from dicom_io.gate import check_acceptable, check_pixel_header, is_own_result
-from dicom_io.image import SourceImage, from_dataset, load, load_png, read_dataset
+from dicom_io.image import from_dataset, load, load_png, read_dataset
 from dicom_io.pixels import DISPLAY_MAX, display_pixels
 
 __all__ = [
@@ -11,7 +11,6 @@ __all__ = [
     "DicomIOError",
     "InvalidInputError",
     "ResultBuildError",
-    "SourceImage",
     "check_acceptable",
     "check_pixel_header",
     "display_pixels",

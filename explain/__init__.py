@@ -6,7 +6,6 @@ the source image's pixel grid. ``write_outputs`` writes ``heatmap.png`` and ``he
 
 from explain.api import BACKENDS, METHODS, explain, explain_batch, method_name
 from explain.errors import ExplainError
-from explain.heatmap import HeatMap
 from explain.outputs import overlay, write_outputs
 from explain.sanity import Randomisation
 from explain.target import default_layer
@@ -15,7 +14,6 @@ __all__ = [
     "BACKENDS",
     "METHODS",
     "ExplainError",
-    "HeatMap",
     "Randomisation",
     "default_layer",
     "explain",

@@ -14,9 +14,9 @@ from typing import Any
 
 import numpy as np
 
+from domain import HeatMap
 from explain.errors import ExplainError
 from explain.gradcam import gradcam_map
-from explain.heatmap import HeatMap
 from explain.sanity import Randomisation, cheap_checks, randomisation_check, verdict
 from explain.shap_maps import shap_map
 from explain.target import Target, randomised_target, target_for

@@ -16,8 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from dicom_io.image import SourceImage
-from explain.heatmap import HeatMap
+from domain import HeatMap, SourceImage
 
 logger = logging.getLogger(__name__)
 

@@ -4,8 +4,6 @@ from inference.card import PADCHEST_LABELS, ModelCard, Preprocessing, default_ca
 from inference.errors import InferenceError, ModelCardError, ModelLoadError
 from inference.factory import LoadedModel, configure_threads, load_model, sha256_file
 from inference.predict import (
-    Finding,
-    Prediction,
     Predictor,
     Scored,
     post_process,
@@ -16,14 +14,12 @@ from inference.preprocess import Geometry, pre_process, pre_process_batch
 
 __all__ = [
     "PADCHEST_LABELS",
-    "Finding",
     "Geometry",
     "InferenceError",
     "LoadedModel",
     "ModelCard",
     "ModelCardError",
     "ModelLoadError",
-    "Prediction",
     "Predictor",
     "Preprocessing",
     "Scored",

@@ -13,57 +13,13 @@ from typing import Any
 
 import numpy as np
 
-from dicom_io.image import SourceImage
+from domain.image import SourceImage
+from domain.prediction import Finding, Prediction
 from inference.card import ModelCard
 from inference.factory import LoadedModel
 from inference.preprocess import Geometry, pre_process_batch
 
 logger = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class Finding:
-    label: str
-    probability: float
-    threshold: float
-
-    @property
-    def positive(self) -> bool:
-        return self.probability >= self.threshold
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "label": self.label,
-            "probability": round(float(self.probability), 6),
-            "threshold": round(float(self.threshold), 6),
-            "positive": self.positive,
-        }
-
-
-@dataclass(frozen=True)
-class Prediction:
-    """Per-label probabilities of one image, in the card's label order."""
-
-    findings: tuple[Finding, ...]
-
-    @property
-    def positives(self) -> list[Finding]:
-        return [f for f in self.findings if f.positive]
-
-    def top(self, n: int = 3) -> list[Finding]:
-        return sorted(self.findings, key=lambda f: -f.probability)[:n]
-
-    def probability(self, label: str) -> float:
-        for f in self.findings:
-            if f.label == label:
-                return f.probability
-        raise KeyError(label)
-
-    def default_label(self) -> str:
-        """The label to explain by default: the most probable positive, else the top one."""
-        positives = self.positives
-        pool = positives or list(self.findings)
-        return max(pool, key=lambda f: f.probability).label
 
 
 def predict(model: LoadedModel, batch: np.ndarray) -> np.ndarray:

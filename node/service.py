@@ -9,15 +9,15 @@ import time
 from types import FrameType
 
 from inference import LoadedModel, configure_threads, load_model
-from node.dimse import make_scp, scp_handlers, start_scp
-from node.intake import Handoff, Intake
-from node.pipeline import Pipeline
-from node.queue import SqliteQueue
-from node.sender import Sender
+from node.core.pipeline import Pipeline
+from node.dimse.scp import make_scp, scp_handlers, start_scp
+from node.jobs.intake import Handoff, Intake
+from node.jobs.queue import SqliteQueue
+from node.jobs.sender import Sender
+from node.jobs.storage import Spool
+from node.jobs.waiters import Waiters
+from node.jobs.worker import Listener, Worker
 from node.settings import Settings
-from node.spool import Spool
-from node.waiters import Waiters
-from node.worker import Listener, Worker
 
 logger = logging.getLogger(__name__)
 
@@ -127,7 +127,7 @@ class Node:
         ONNX Runtime arenas, stencils)."""
         import numpy as np
 
-        from dicom_io import SourceImage
+        from domain import SourceImage
 
         image = SourceImage("warm-up", np.linspace(0, 255, 256 * 256, dtype=np.float32)
                             .reshape(256, 256).astype(np.uint8), 255)

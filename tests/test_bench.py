@@ -14,8 +14,8 @@ import pydicom
 import pytest
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
-from node.bench_report import RAW_KEYS
-from node.cli import main
+from node.bench.report import RAW_KEYS
+from node.cli.main import main
 
 pytestmark = pytest.mark.system  # starts the node as a process (twice)
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from node.cli import main
+from node.cli.main import main
 
 
 def _result(out: Path, key: str) -> dict:

@@ -30,8 +30,8 @@ from deploy.modeldir import ModelDirError, card_candidates, find_card, find_weig
 from dicom_io import from_dataset
 from inference import PADCHEST_LABELS, configure_threads, load_model
 from inference.card import card_candidates as loader_card_candidates
-from node.pipeline import Pipeline
-from node.scoring import score_document, validate_upload
+from node.core.pipeline import Pipeline
+from node.core.scoring import score_document, validate_upload
 
 ROOT = Path(__file__).resolve().parents[1]
 SCORE_PY = ROOT / "deploy" / "score.py"

@@ -35,6 +35,7 @@ from pydicom.uid import (
 )
 
 import dicom_io
+from domain import SourceImage
 from inference import Preprocessing, pre_process
 
 # dcmtk tool and options -> the transfer syntax it must write.
@@ -65,7 +66,7 @@ def transfer_syntax(path: Path) -> str:
     return pydicom.dcmread(path, stop_before_pixels=True).file_meta.TransferSyntaxUID
 
 
-def model_input(image: dicom_io.SourceImage) -> np.ndarray:
+def model_input(image: SourceImage) -> np.ndarray:
     x, _ = pre_process(image.pixels, image.maxval, Preprocessing())
     return x
 
@@ -77,7 +78,7 @@ def level(path: Path) -> float:
 
 
 @pytest.fixture(scope="module")
-def reference(cr_path: Path) -> tuple[dicom_io.SourceImage, np.ndarray, np.ndarray]:
+def reference(cr_path: Path) -> tuple[SourceImage, np.ndarray, np.ndarray]:
     """Display image, model input and stored values of the uncompressed RG1_UNCR.
 
     Its window (15000/30000) spans every stored value (874..26479) at 2.2 display steps per

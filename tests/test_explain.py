@@ -17,10 +17,10 @@ import torch
 from conftest import small_densenet
 
 import dicom_io
+from domain import HeatMap
 from explain import (
     METHODS,
     ExplainError,
-    HeatMap,
     default_layer,
     explain,
     explain_batch,

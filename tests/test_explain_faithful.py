@@ -29,7 +29,7 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
 import dicom_io
-from dicom_io import SourceImage
+from domain import SourceImage
 from explain import Randomisation, explain
 from explain.phantom import DISC_LABELS, Disc, add_disc, chest_phantom, random_disc
 from explain.sanity import randomisation_check, similarity

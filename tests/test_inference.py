@@ -14,6 +14,7 @@ import torchxrayvision as xrv
 from conftest import small_densenet
 
 import dicom_io
+from domain import SourceImage
 from inference import (
     PADCHEST_LABELS,
     InferenceError,
@@ -97,7 +98,7 @@ def test_card_beside_weights_sets_labels_thresholds_version(tmp_path: Path) -> N
     model = load_model(path)
     assert (model.card.name, model.card.version) == ("CXR triage", "2.1.0")
     assert model.card.thresholds == (0.3, 0.7, 0.5)
-    scored = Predictor(model)([dicom_io.SourceImage("x.png", np.full((64, 80), 90, np.uint8), 255)])
+    scored = Predictor(model)([SourceImage("x.png", np.full((64, 80), 90, np.uint8), 255)])
     assert [f.threshold for f in scored[0].prediction.findings] == [0.3, 0.7, 0.5]
 
 
@@ -170,15 +171,15 @@ def test_named_weights_load_through_torchxrayvision_cache(tmp_path: Path, batch)
     assert all(t == 0.5 for _, _, t in model.card.reported)  # op_norm maps op points to 0.5
     assert model.sha256 == hashlib.sha256((tmp_path / os.path.basename(url)).read_bytes()
                                           ).hexdigest()
-    probs = Predictor(model)([dicom_io.SourceImage("a.png", np.full((300, 256), 100, np.uint8),
+    probs = Predictor(model)([SourceImage("a.png", np.full((300, 256), 100, np.uint8),
                                                    255)])[0].prediction
     assert {f.label for f in probs.findings} == set(reported)
 
 
 def test_batched_prediction_equals_one_by_one(loaded_model, cr_path: Path) -> None:
     image = dicom_io.load(cr_path)
-    flipped = dicom_io.SourceImage("flip", np.ascontiguousarray(image.pixels[:, ::-1]), 65535)
-    small = dicom_io.SourceImage("small", image.pixels[::4, ::4].copy(), 65535)
+    flipped = SourceImage("flip", np.ascontiguousarray(image.pixels[:, ::-1]), 65535)
+    small = SourceImage("small", image.pixels[::4, ::4].copy(), 65535)
     images = [image, flipped, small] * 3
     together = Predictor(loaded_model, batch_size=4)(images)
     alone = Predictor(loaded_model, batch_size=1)(images)

@@ -9,7 +9,8 @@ from pydicom.uid import ImplicitVRLittleEndian
 from pynetdicom import AE, evt
 from pynetdicom.sop_class import Verification
 
-from node.dimse import NoDelayAssociationServer, associate, handle_echo, no_delay, start_scp
+from node.dimse.scp import handle_echo, start_scp
+from node.dimse.scu import associate, no_delay, no_delay_handler
 
 
 def _nodelay(sock: socket.socket) -> bool:
@@ -28,13 +29,31 @@ def test_no_delay_sets_tcp_nodelay_and_ignores_other_sockets() -> None:
     no_delay(None)
 
 
+def test_plain_pynetdicom_leaves_nagle_on() -> None:
+    """Why the handler exists: without it an accepted connection keeps Nagle's algorithm."""
+    ae = AE(ae_title="NODE")
+    ae.add_supported_context(Verification, ImplicitVRLittleEndian)
+    server = start_scp(ae, ("127.0.0.1", 0), [(evt.EVT_C_ECHO, handle_echo)])
+    try:
+        scu = AE(ae_title="SCU")
+        scu.add_requested_context(Verification, ImplicitVRLittleEndian)
+        assoc = scu.associate("127.0.0.1", server.server_address[1], ae_title="NODE")
+        try:
+            [accepted] = server.active_associations
+            assert not _nodelay(accepted.dul.socket.socket)
+        finally:
+            assoc.release()
+    finally:
+        ae.shutdown()
+
+
 def test_scp_connections_send_without_nagle_and_stop_with_the_ae() -> None:
     """Each association the node accepts has TCP_NODELAY (its C-STORE responses are not held
     back), it answers like pynetdicom's own server, and ``ae.shutdown()`` closes the port."""
     ae = AE(ae_title="NODE")
     ae.add_supported_context(Verification, ImplicitVRLittleEndian)
-    server = start_scp(ae, ("127.0.0.1", 0), [(evt.EVT_C_ECHO, handle_echo)])
-    assert isinstance(server, NoDelayAssociationServer)
+    server = start_scp(ae, ("127.0.0.1", 0), [(evt.EVT_C_ECHO, handle_echo),
+                                              no_delay_handler()])
     port = server.server_address[1]
     try:
         scu = AE(ae_title="SCU")

@@ -14,11 +14,11 @@ import numpy as np
 import pytest
 
 from dicom_io import read_dataset
-from node.intake import Handoff, Intake
-from node.queue import SqliteQueue
+from node.jobs.intake import Handoff, Intake
+from node.jobs.queue import SqliteQueue
+from node.jobs.storage import Spool
+from node.jobs.worker import Worker
 from node.settings import Settings
-from node.spool import Spool
-from node.worker import Worker
 
 
 def make_intake(tmp_path: Path, limit: int) -> Intake:

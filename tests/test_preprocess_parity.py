@@ -19,6 +19,7 @@ import skimage.io
 import torchxrayvision as xrv
 
 import dicom_io
+from domain import SourceImage
 from inference import Preprocessing, pre_process
 from inference.preprocess import Geometry
 
@@ -54,14 +55,14 @@ def assert_training(x: np.ndarray, expected: np.ndarray) -> None:
     np.testing.assert_allclose(x, expected, rtol=0, atol=TRAINING_ATOL)
 
 
-def node_input(image: dicom_io.SourceImage) -> np.ndarray:
+def node_input(image: SourceImage) -> np.ndarray:
     x, geometry = pre_process(image.pixels, image.maxval, Preprocessing())
     assert geometry == Geometry.for_source(image.rows, image.columns, SIZE)
     return x
 
 
 @pytest.fixture(scope="module")
-def cr_image(cr_path: Path) -> dicom_io.SourceImage:
+def cr_image(cr_path: Path) -> SourceImage:
     return dicom_io.load(cr_path)
 
 

@@ -27,11 +27,9 @@ import dicom_io
 from dicom_io.errors import DeclinedError, ResultBuildError
 from dicom_io.gate import check_acceptable, is_own_result
 from dicom_io.results import (
-    FILE_NAMES,
     FINDING_CODES,
     PRIVATE_SCHEME,
     ResultBuilder,
-    ResultSet,
     build_results,
     builder_for,
     device_uid,
@@ -42,9 +40,8 @@ from dicom_io.results import (
 from dicom_io.results import codes as rcodes
 from dicom_io.results._common import node_version
 from dicom_io.uids import NODE_MANUFACTURER
-from explain.heatmap import HeatMap
+from domain import FILE_NAMES, Finding, HeatMap, Prediction, ResultSet, SourceImage
 from inference.card import PADCHEST_LABELS
-from inference.predict import Finding, Prediction
 
 T1 = datetime.datetime(2024, 5, 6, 7, 8, 9)
 T2 = datetime.datetime(2025, 1, 2, 3, 4, 5)
@@ -66,12 +63,12 @@ def gaussian(shape: tuple[int, int], centre: tuple[int, int], sigma: float) -> n
     return np.exp(-d2 / (2.0 * sigma**2)).astype(np.float32)
 
 
-def hot_spot(image: dicom_io.SourceImage) -> tuple[int, int]:
+def hot_spot(image: SourceImage) -> tuple[int, int]:
     """A spot off centre and off the diagonal: a transposed or flipped map misses it."""
     return int(image.rows * 0.25), int(image.columns * 0.7)
 
 
-def heat_map(image: dicom_io.SourceImage, signed: bool = False, **kw) -> HeatMap:
+def heat_map(image: SourceImage, signed: bool = False, **kw) -> HeatMap:
     values = gaussian((image.rows, image.columns), hot_spot(image), sigma=image.rows / 40)
     if signed:  # a negative blob mirrored left-right as well
         r, c = hot_spot(image)
@@ -499,7 +496,7 @@ def test_bad_predictions_and_sources_are_refused(builder, sources: dict) -> None
         builder.build(image, {"Mass": 0.3})
     with pytest.raises(TypeError, match="SourceImage"):
         builder.build(image.header, prediction())
-    png = dicom_io.SourceImage("chest.png", image.pixels, image.maxval, None)
+    png = SourceImage("chest.png", image.pixels, image.maxval, None)
     with pytest.raises(ResultBuildError) as e:
         builder.build(png, prediction())
     assert e.value.code == "no-dicom-source"

@@ -23,9 +23,8 @@ from dicom_io.image import from_dataset
 from dicom_io.results import ResultBuilder
 from dicom_io.results._common import source_context
 from dicom_io.results.stencil import Stencil, StencilError, encode_item, ui_element
-from explain.heatmap import HeatMap
+from domain import Finding, HeatMap, Prediction
 from inference.card import PADCHEST_LABELS
-from inference.predict import Finding, Prediction
 
 WHEN = datetime.datetime(2026, 3, 4, 5, 6, 7)
 

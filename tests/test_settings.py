@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from node.cli import build_parser, settings_from_args
+from node.cli.main import build_parser, settings_from_args
 from node.settings import Peer, Settings
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "docs" / "cxr-node.example.toml"
@@ -51,7 +51,7 @@ def test_bad_settings_are_refused_naming_the_value(change: dict, message: str) -
 def test_bad_config_on_the_command_line_is_one_line_exit_2(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from node.cli import main
+    from node.cli.main import main
 
     config = tmp_path / "bad.toml"
     config.write_text('dicom_port = "many"\n')

@@ -11,10 +11,8 @@ the weights hash and the object type, so a re-sent image yields the same objects
 """
 
 from dicom_io.results.builder import (
-    FILE_NAMES,
     SERIES_NUMBERS,
     ResultBuilder,
-    ResultSet,
     build_results,
     builder_for,
 )
@@ -22,12 +20,10 @@ from dicom_io.results.codes import FINDING_CODES, PRIVATE_SCHEME, finding_code
 from dicom_io.results.uids import device_uid, instance_uid, series_uid
 
 __all__ = [
-    "FILE_NAMES",
     "FINDING_CODES",
     "PRIVATE_SCHEME",
     "SERIES_NUMBERS",
     "ResultBuilder",
-    "ResultSet",
     "build_results",
     "builder_for",
     "device_uid",

@@ -16,10 +16,10 @@ from pydicom.valuerep import DA, DT, TM
 
 from dicom_io.errors import ResultBuildError
 from dicom_io.gate import CHEST_BODY_PARTS
-from dicom_io.image import SourceImage
 from dicom_io.results import codes
 from dicom_io.results.uids import check_sha256, check_uid, device_uid
 from dicom_io.uids import NODE_MANUFACTURER
+from domain import SourceImage
 
 #: Longest LO (Long String) value.
 LO_MAX = 64

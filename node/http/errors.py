@@ -10,8 +10,8 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from dicom_io import DeclinedError, DicomIOError
-from node.intake import QueueFullError
-from node.spool import SpoolFullError
+from node.jobs.intake import QueueFullError
+from node.jobs.storage import SpoolFullError
 
 logger = logging.getLogger(__name__)
 

@@ -319,11 +319,11 @@ def test_given_up_delivery_is_listed_and_resent(
         failed = state["failed_deliveries"][0]
         assert failed["attempts"] == 2 and "association" in failed["reason"]
         exe = Path(sys.executable).with_name("cxr-node")
-        listing = subprocess.run([str(exe), "jobs", "--spool", str(node.spool)],
+        listing = subprocess.run([str(exe), "jobs", "--spool", str(node.jobs.storage)],
                                  capture_output=True, text=True, check=True).stdout
         assert f"delivery {failed['id']} to {pacs.address} failed after 2 attempt(s)" in listing
         pacs.start()
-        out = subprocess.run([str(exe), "resend", "--spool", str(node.spool)],
+        out = subprocess.run([str(exe), "resend", "--spool", str(node.jobs.storage)],
                              capture_output=True, text=True, check=True).stdout
         assert out.startswith("1 failed delivery re-queued")
         assert len(pacs.wait_for(1, timeout=60)) >= 1
@@ -346,7 +346,7 @@ def test_result_files_reach_peers_as_stored_or_converted(tmp_path: Path, cr_path
     """Results are streamed from the outbox file as stored when the peer accepts its
     transfer syntax, and re-encoded when it accepts only another one (here dcmtk's storescp
     limited to implicit VR): the peer gets the same data set either way."""
-    from node.dimse import send_files
+    from node.dimse.scu import send_files
     from node.settings import Peer
 
     receiver = Receiver("PACS", free_port(), tmp_path / "got", syntaxes=syntaxes).start()

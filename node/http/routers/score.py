@@ -15,10 +15,10 @@ from pydicom.dataset import Dataset
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 
+from node.core.scoring import score_document, validate_upload
 from node.http.deps import body_limit, get_node, read_body, require_token
 from node.http.errors import ApiError
 from node.http.multipart import build_related
-from node.scoring import score_document, validate_upload
 
 router = APIRouter(tags=["scoring"], dependencies=[Depends(require_token)])
 
@@ -94,12 +94,12 @@ async def node_score(node, data: bytes, ds: Dataset, options: dict):
     # Not fsynced: the answer is the acknowledgement, and it comes only with the result.
     job_id = await run_in_threadpool(node.http_intake.accept, data, str(ds.SOPInstanceUID),
                                      None, "http", options, ds, False)
-    future = node.waiters.wait_for(job_id)
+    future = node.jobs.waiters.wait_for(job_id)
     try:
         closed = await asyncio.wait_for(asyncio.wrap_future(future),
                                         node.settings.score_timeout_s)
     except TimeoutError:
-        node.waiters.forget(job_id)
+        node.jobs.waiters.forget(job_id)
         raise ApiError(504, "timeout", f"no result within {node.settings.score_timeout_s} s; "
                           f"job {job_id} is still queued") from None
     if closed.state == "done":

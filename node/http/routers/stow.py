@@ -15,8 +15,8 @@ from dicom_io.uids import INPUT_SOP_CLASSES
 from node.http.deps import get_node, read_body, require_token
 from node.http.errors import ApiError
 from node.http.multipart import parse_related, related_type
-from node.intake import QueueFullError
-from node.spool import SpoolFullError
+from node.jobs.intake import QueueFullError
+from node.jobs.storage import SpoolFullError
 
 router = APIRouter(prefix="/dicomweb", tags=["DICOMweb"], dependencies=[Depends(require_token)])
 

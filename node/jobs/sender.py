@@ -8,12 +8,12 @@ import time
 from collections import defaultdict
 from pathlib import Path
 
-from node.dicomweb import stow_files
-from node.dimse import send_files
+from node.dimse.scu import send_files
+from node.http.stow_client import stow_files
+from node.jobs.queue import Delivery, SqliteQueue
+from node.jobs.storage import Spool
 from node.metrics import DELIVERIES
-from node.queue import Delivery, SqliteQueue
 from node.settings import Peer, Settings
-from node.spool import Spool
 
 logger = logging.getLogger(__name__)
 

@@ -138,8 +138,8 @@ def _load_model(args: argparse.Namespace):
 
 def cmd_predict(args: argparse.Namespace) -> int:
     from inference import Predictor
-    from node.batch import ResultWriter, iter_inputs, run_batch
-    from node.outputs import output_extras
+    from node.cli.outputs import output_extras
+    from node.cli.predict import ResultWriter, iter_inputs, run_batch
 
     missing = [p for p in args.inputs if not p.exists()]
     for p in missing:
@@ -190,7 +190,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def _open_queue(spool: Path):
-    from node.queue import SqliteQueue
+    from node.jobs.queue import SqliteQueue
 
     db = spool / "queue.sqlite3"
     if not db.is_file():
@@ -257,7 +257,7 @@ def cmd_demo_model(args: argparse.Namespace) -> int:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    from node.bench import Options, run
+    from node.bench.run import Options, run
 
     return run(Options.from_args(args))
 

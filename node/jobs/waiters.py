@@ -6,8 +6,8 @@ import threading
 from concurrent.futures import Future
 from dataclasses import dataclass
 
-from node.pipeline import Outcome
-from node.queue import Job
+from node.core.pipeline import Outcome
+from node.jobs.queue import Job
 
 
 @dataclass(frozen=True)

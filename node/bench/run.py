@@ -429,7 +429,7 @@ def _put_cpu(res: Results, key: str, before: float | None, after: float | None,
 
 
 def _http(opts: Options, node: Any, images: list[BenchImage], res: Results) -> None:
-    from node.bench_e2e import http_load
+    from node.bench.e2e import http_load
 
     bodies = [image.data for image in images]
     progress("HTTP /score warm-up")
@@ -454,7 +454,7 @@ def _http(opts: Options, node: Any, images: list[BenchImage], res: Results) -> N
 def _dimse(opts: Options, node: Any, receiver: Any, datasets: list, explain: str,
            res: Results) -> None:
     from dicom_io.results import instance_uid
-    from node.bench_e2e import class_names, dimse_send
+    from node.bench.e2e import class_names, dimse_send
 
     sha = node.get("/readyz")[1]["model"]["sha256"]
     kinds = ("sr",) if explain == "none" else ("sr", "sc", "pm")
@@ -500,7 +500,7 @@ def measure_node(opts: Options, images: list[BenchImage], res: Results, work: Pa
 
     import pydicom
 
-    from node.bench_e2e import NodeUnderTest, ResultReceiver
+    from node.bench.e2e import NodeUnderTest, ResultReceiver
 
     datasets = [pydicom.dcmread(io.BytesIO(image.data)) for image in images]
     run_gradcam = not {"dimse", "gradcam"} & opts.skip
@@ -584,7 +584,7 @@ def machine() -> dict[str, Any]:
 
 def run(opts: Options) -> int:
     """Run every phase not skipped; print the table (unless ``json_only``) and the JSON line."""
-    from node.bench_report import report
+    from node.bench.report import report
 
     res = Results()
     started = time.perf_counter()

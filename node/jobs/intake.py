@@ -11,8 +11,8 @@ import threading
 
 from pydicom.dataset import Dataset
 
-from node.queue import SqliteQueue
-from node.spool import Spool
+from node.jobs.queue import SqliteQueue
+from node.jobs.storage import Spool
 
 logger = logging.getLogger(__name__)
 

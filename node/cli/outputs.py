@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from inference import LoadedModel, Scored
-from node.pipeline import Pipeline
+from node.core.pipeline import Pipeline
 
 logger = logging.getLogger(__name__)
 

@@ -15,7 +15,7 @@ def stow_files(url: str, paths: Sequence[Path], timeout: float = 60,
     from dicomweb_client.api import DICOMwebClient
     from requests import Session
 
-    from node.dimse import read_result_files
+    from node.dimse.scu import read_result_files
 
     datasets, results = read_result_files(paths)
     if not datasets:

@@ -13,7 +13,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
-from dicom_io import DicomIOError, SourceImage, load
+from dicom_io import DicomIOError, load
+from domain import SourceImage
 from inference import LoadedModel, Predictor, Scored
 
 logger = logging.getLogger(__name__)

@@ -12,9 +12,7 @@ from dataclasses import dataclass
 
 from pydicom.dataset import Dataset
 
-from dicom_io import SourceImage
-from dicom_io.results import ResultSet
-from explain.heatmap import HeatMap
+from domain import HeatMap, ResultSet, SourceImage
 from inference import LoadedModel, Predictor, Scored
 
 logger = logging.getLogger(__name__)

@@ -11,15 +11,16 @@ from pathlib import Path
 
 from pydicom.dataset import Dataset
 
-from dicom_io import DeclinedError, DicomIOError, SourceImage, from_dataset, read_dataset
+from dicom_io import DeclinedError, DicomIOError, from_dataset, read_dataset
+from domain import SourceImage
 from inference import Scored
-from node.intake import Intake
-from node.memory import trim
+from node.core.memory import trim
+from node.core.pipeline import Outcome, Pipeline
+from node.jobs.intake import Intake
+from node.jobs.queue import Job, SqliteQueue
+from node.jobs.storage import Spool, SpoolFullError
 from node.metrics import BATCH_SIZE, JOBS
-from node.pipeline import Outcome, Pipeline
-from node.queue import Job, SqliteQueue
 from node.settings import Settings
-from node.spool import Spool, SpoolFullError
 
 logger = logging.getLogger(__name__)
 

@@ -87,7 +87,7 @@ class NodeUnderTest:
     peak_anon_mb: float | None = None
 
     def command(self) -> list[str]:
-        cmd = [sys.executable, "-m", "node.cli", "serve", "--bind", "127.0.0.1",
+        cmd = [sys.executable, "-m", "node.cli.main", "serve", "--bind", "127.0.0.1",
                "--dicom-port", str(self.dicom_port), "--http-port", str(self.http_port),
                "--ae-title", self.ae_title, "--model", self.model, "--spool", str(self.spool),
                "--explain", self.explain, *self.node_args]
@@ -410,7 +410,9 @@ def _send_files(port: int, called_ae: str, datasets: Sequence[Dataset],
                 files: list[tuple[str, Path]], calling_ae: str, timeout: float) -> DimseRun:
     from pynetdicom import AE
 
-    from node.dimse import associate  # also: pynetdicom streams files given by path
+    from node.dimse.scu import associate, stream_files_as_stored
+
+    stream_files_as_stored()  # as the node sends: files given by path are streamed
 
     ae = AE(ae_title=calling_ae)
     ae.network_timeout = ae.acse_timeout = ae.dimse_timeout = timeout

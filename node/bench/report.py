@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from node.bench import Options, Results
+    from node.bench.run import Options, Results
 
 #: Raw figures in the JSON ``raw`` object, in table order; units in the key (s, ips, mb).
 RAW_KEYS = (
@@ -54,7 +54,7 @@ def derive(res: Results) -> dict[str, float | None]:
 
 
 def targets(ratios: dict[str, float | None], raw: dict[str, float | None]) -> dict[str, dict]:
-    from node.bench import TARGETS
+    from node.bench.run import TARGETS
 
     out = {}
     for name, op, target, what in TARGETS:

@@ -14,7 +14,7 @@ from pydicom.dataset import Dataset
 from dicom_io import DicomIOError, check_acceptable, check_pixel_header, read_dataset
 from dicom_io.results.uids import instance_uid
 from inference import LoadedModel
-from node.pipeline import Outcome
+from node.core.pipeline import Outcome
 
 
 def validate_upload(data: bytes) -> Dataset:

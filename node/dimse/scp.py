@@ -1,0 +1,122 @@
+"""The DICOM (DIMSE) front: a C-ECHO and C-STORE SCP that hands what it receives to intake.
+
+Handlers are plain functions bound with ``evt_handlers``; they return a DICOM status and never
+raise (pynetdicom ``apps/storescp`` style).
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+
+import pydicom
+from pydicom.uid import (
+    JPEG2000,
+    DeflatedExplicitVRLittleEndian,
+    ExplicitVRBigEndian,
+    ExplicitVRLittleEndian,
+    ImplicitVRLittleEndian,
+    JPEG2000Lossless,
+    JPEGBaseline8Bit,
+    JPEGExtended12Bit,
+    JPEGLossless,
+    JPEGLosslessSV1,
+    JPEGLSLossless,
+    JPEGLSNearLossless,
+    RLELossless,
+)
+from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, evt
+from pynetdicom.sop_class import Verification
+from pynetdicom.transport import ThreadedAssociationServer
+
+from dicom_io.uids import INPUT_SOP_CLASSES
+from node.dimse.scu import no_delay_handler
+from node.jobs.intake import Intake, QueueFullError
+from node.jobs.storage import SpoolFullError
+from node.metrics import RECEIVED
+from node.settings import Settings
+
+logger = logging.getLogger(__name__)
+
+#: Transfer syntaxes accepted for images: every one the core decodes.
+IMAGE_TRANSFER_SYNTAXES: list[str] = [
+    ExplicitVRLittleEndian, ImplicitVRLittleEndian, DeflatedExplicitVRLittleEndian,
+    ExplicitVRBigEndian, JPEGBaseline8Bit, JPEGExtended12Bit, JPEGLossless, JPEGLosslessSV1,
+    JPEGLSLossless, JPEGLSNearLossless, JPEG2000Lossless, JPEG2000, RLELossless,
+]
+
+STATUS_SUCCESS = 0x0000
+STATUS_OUT_OF_RESOURCES = 0xA700
+STATUS_DATASET_NOT_SOP_CLASS = 0xA900
+STATUS_CANNOT_UNDERSTAND = 0xC000
+STATUS_PROCESSING_FAILURE = 0x0110
+
+
+def handle_echo(event: evt.Event) -> int:
+    return STATUS_SUCCESS
+
+
+def handle_store(event: evt.Event, intake: Intake) -> int:
+    """Write the object as received (file meta + encoded dataset) durably, then succeed."""
+    try:
+        data = event.encoded_dataset(include_meta=True)
+        sop_uid = str(event.request.AffectedSOPInstanceUID)
+        sop_class = str(event.request.AffectedSOPClassUID)
+        calling = event.assoc.requestor.ae_title.strip()
+        header = pydicom.dcmread(io.BytesIO(data), stop_before_pixels=True,
+                                 specific_tags=["SOPClassUID", "SOPInstanceUID"])
+    except Exception as e:
+        logger.warning("C-STORE could not be read: %s", type(e).__name__)
+        return STATUS_CANNOT_UNDERSTAND
+    # The result must answer the image the sender asked about: the request and the data set
+    # must name the same instance (else its results would reference another image).
+    if str(header.get("SOPClassUID", "")) != sop_class:
+        logger.warning("C-STORE refused: data set SOP Class is not the request's %s", sop_class)
+        return STATUS_DATASET_NOT_SOP_CLASS
+    if str(header.get("SOPInstanceUID", "")) != sop_uid:
+        logger.warning("C-STORE of %s refused: the data set names another SOP Instance", sop_uid)
+        return STATUS_CANNOT_UNDERSTAND
+    try:
+        intake.accept(data, sop_uid, calling, "dimse")
+    except (SpoolFullError, QueueFullError) as e:
+        logger.error("C-STORE of %s refused, out of resources: %s", sop_uid, e)
+        RECEIVED.labels("dimse", "refused").inc()
+        return STATUS_OUT_OF_RESOURCES
+    except Exception:
+        logger.exception("C-STORE of %s could not be stored", sop_uid)
+        RECEIVED.labels("dimse", "refused").inc()
+        return STATUS_OUT_OF_RESOURCES
+    RECEIVED.labels("dimse", "stored").inc()
+    return STATUS_SUCCESS
+
+
+def make_scp(settings: Settings, intake: Intake) -> AE:
+    """An AE ready to ``start_server`` with the node's contexts, limits and timeouts."""
+    ae = AE(ae_title=settings.ae_title)
+    ae.require_called_aet = True
+    if settings.allowed_calling_aes:
+        # rejected-permanent, reason "calling AE title not recognised" (PS3.8 9.3.4)
+        ae.require_calling_aet = list(settings.allowed_calling_aes)
+    ae.maximum_associations = settings.max_associations
+    ae.maximum_pdu_size = settings.max_pdu
+    ae.network_timeout = settings.network_timeout_s
+    ae.acse_timeout = settings.network_timeout_s
+    ae.dimse_timeout = settings.network_timeout_s
+    ae.add_supported_context(Verification, ALL_TRANSFER_SYNTAXES)
+    for sop_class in sorted(INPUT_SOP_CLASSES):
+        ae.add_supported_context(sop_class, IMAGE_TRANSFER_SYNTAXES)
+    return ae
+
+
+def scp_handlers(intake: Intake) -> list:
+    """The SCP's event handlers: C-ECHO, C-STORE into ``intake``, and TCP_NODELAY on every
+    accepted connection."""
+    return [(evt.EVT_C_ECHO, handle_echo), (evt.EVT_C_STORE, handle_store, [intake]),
+            no_delay_handler()]
+
+
+def start_scp(ae: AE, address: tuple[str, int], handlers: list,
+              ssl_context=None) -> ThreadedAssociationServer:
+    """``ae.start_server(address, block=False, ...)``: ``ae.shutdown()`` stops it."""
+    return ae.start_server(address, block=False, evt_handlers=handlers,
+                           ssl_context=ssl_context)
