@@ -7,7 +7,19 @@ other.
 
 from domain.heatmap import HeatMap
 from domain.image import SourceImage
+from domain.methods import EXPLAIN_CHOICES, SERVED_METHODS, ExplainChoice, check_explain
 from domain.prediction import Finding, Prediction
 from domain.results import FILE_NAMES, ResultSet
 
-__all__ = ["FILE_NAMES", "Finding", "HeatMap", "Prediction", "ResultSet", "SourceImage"]
+__all__ = [
+    "EXPLAIN_CHOICES",
+    "FILE_NAMES",
+    "SERVED_METHODS",
+    "ExplainChoice",
+    "Finding",
+    "HeatMap",
+    "Prediction",
+    "ResultSet",
+    "SourceImage",
+    "check_explain",
+]
