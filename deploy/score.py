@@ -35,18 +35,17 @@ from azureml.contrib.services.aml_response import AMLResponse
 from werkzeug.wrappers import Request
 
 from deploy.modeldir import find_card, find_weights
-from dicom_io import DeclinedError, DicomIOError, from_dataset
-from domain import SourceImage
+from domain import check_explain
 from inference import LoadedModel, configure_threads, load_model
+from node.core.errors import Problem, problem_for
 from node.core.memory import trim
 from node.core.pipeline import Pipeline
-from node.core.scoring import score_document, validate_upload
+from node.core.scoring import read_upload, score_document
 
 # azmlinfsrv imports this file as module "entry_module": log under the project's name.
 logger = logging.getLogger("deploy.score" if __name__ == "entry_module" else __name__)
 
 DICOM_TYPES = ("application/dicom", "application/octet-stream")
-EXPLAIN_METHODS = ("none", "gradcam", "gradcampp", "shap")
 MAX_BODY_ENV = "CXR_NODE_HTTP_MAX_BODY_MB"
 DEFAULT_MAX_BODY_MB = 64.0
 #: On a refusal, read and drop at most this much of the unread body so that the client gets
@@ -61,11 +60,11 @@ _lock = threading.Lock()
 
 
 class HttpError(Exception):
-    """A request the service refuses: HTTP ``status``, ``error`` kind, ``reason`` and ``code``."""
+    """A request the service refuses: its :class:`~node.core.errors.Problem`."""
 
     def __init__(self, status: int, error: str, reason: str, code: str | None = None) -> None:
         super().__init__(reason)
-        self.status, self.error, self.reason, self.code = status, error, reason, code or error
+        self.problem = Problem(status, error, reason, code or error)
 
 
 def body_limit() -> int:
@@ -136,9 +135,8 @@ def init() -> None:
                 card.name if card else "built from the checkpoint", max_body)
 
 
-def _error(e: HttpError) -> AMLResponse:
-    return AMLResponse({"error": e.error, "reason": e.reason, "code": e.code}, e.status,
-                       json_str=True)
+def _error(problem: Problem) -> AMLResponse:
+    return AMLResponse(problem.body(), problem.status, problem.headers, json_str=True)
 
 
 def _drain(stream: Any, budget: int) -> None:
@@ -186,42 +184,19 @@ def upload_bytes(request: AMLRequest, limit: int) -> bytes:
 
 def explain_method(request: AMLRequest) -> str:
     """The ``explain`` query parameter, checked."""
-    method = request.args.get("explain", "none")
-    if method not in EXPLAIN_METHODS:
-        raise HttpError(422, "invalid-request",
-                        f"explain {method!r}: use one of {', '.join(EXPLAIN_METHODS)}")
-    return method
-
-
-def decode(data: bytes) -> SourceImage:
-    """Parse, gate and decode an upload as the node does (``DicomIOError`` when refused)."""
     try:
-        return from_dataset(validate_upload(data), name="request")
-    except DicomIOError:
-        raise
-    except Exception as e:  # pydicom raises many types for corrupt files
-        raise DicomIOError("corrupt", f"{type(e).__name__}: {e}") from e
+        return check_explain(request.args.get("explain", "none"))
+    except ValueError as e:
+        raise HttpError(422, "invalid-request", str(e)) from None
 
 
-def score_image(image: SourceImage, explain: str) -> dict:
-    """Score one image through the pipeline; the ``/score`` document."""
+def score_image(data: bytes, explain: str) -> dict:
+    """Parse, gate, decode and score one upload through the core; the ``/score`` document."""
     assert model is not None and pipeline is not None, "init() has not run"
+    image = read_upload(data)
     with _lock:
-        scored = pipeline.score([image])[0]
-        outcome = pipeline.complete(scored, method=explain, build_dicom=False)
+        outcome = pipeline.run(image, method=explain, build_dicom=False)
         return score_document(model, outcome, explain != "none")
-
-
-def _score(request: AMLRequest) -> dict:
-    explain = explain_method(request)
-    data = upload_bytes(request, max_body)
-    try:
-        image = decode(data)
-    except DeclinedError as e:
-        raise HttpError(422, "declined", e.reason, e.code) from None
-    except DicomIOError as e:
-        raise HttpError(400, "invalid-input", e.reason, e.code) from None
-    return score_image(image, explain)
 
 
 @rawhttp
@@ -233,19 +208,22 @@ def run(request: AMLRequest) -> AMLResponse:
     if request.method == "OPTIONS":
         return AMLResponse("", 204, {"Allow": "GET, POST, OPTIONS"})
     if request.method != "POST":
-        return _error(HttpError(405, "method-not-allowed",
-                                f"{request.method}: use POST (score) or GET (model card)"))
+        return _error(Problem(405, "method-not-allowed",
+                              f"{request.method}: use POST (score) or GET (model card)",
+                              "method-not-allowed"))
     start = time.perf_counter()
     try:
-        document = _score(request)
-    except HttpError as e:
-        logger.info("refused %d %s", e.status, e.code)
-        if (request.content_length or 0) <= DRAIN_MAX_BYTES:
-            _drain(request.stream, DRAIN_MAX_BYTES)
-        return _error(e)
+        explain = explain_method(request)
+        document = score_image(upload_bytes(request, max_body), explain)
     except Exception as e:
-        logger.exception("scoring failed")
-        return _error(HttpError(500, "internal-error", type(e).__name__))
+        problem = e.problem if isinstance(e, HttpError) else problem_for(e)
+        if problem.status >= 500:
+            logger.exception("scoring failed")
+        else:
+            logger.info("refused %d %s", problem.status, problem.code)
+            if (request.content_length or 0) <= DRAIN_MAX_BYTES:
+                _drain(request.stream, DRAIN_MAX_BYTES)
+        return _error(problem)
     finally:
         trim()  # the image's arrays are gone: give their pages back
     logger.info("scored in %.0f ms", (time.perf_counter() - start) * 1000)

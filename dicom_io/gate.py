@@ -1,14 +1,19 @@
 """The input gate: which DICOM objects the model may be run on, and why not.
 
 :func:`check_acceptable` raises :class:`~dicom_io.errors.DeclinedError` for valid objects the
-model must not see; :func:`check_pixel_header` raises
-:class:`~dicom_io.errors.InvalidInputError` for headers that lie about their pixel data. Both
-read only the header: no pixel data is decoded here.
+model must not see; :func:`check_identity` raises :class:`~dicom_io.errors.InvalidInputError`
+for objects without the UIDs their results must reference; :func:`check_pixel_header` raises
+it for headers that lie about their pixel data. All read only the header: no pixel data is
+decoded here.
+
+Whatever passes the gate can be scored *and* carry results: a file is refused where it
+arrives, with its own code, never later while its results are built.
 """
 
 from __future__ import annotations
 
 import logging
+import re
 
 from pydicom.dataset import Dataset
 from pydicom.uid import UID
@@ -38,6 +43,13 @@ NON_FRONTAL_VIEWS = {
 MAX_DIMENSION = 16384
 #: Smallest image side accepted (pixels).
 MIN_DIMENSION = 32
+#: The UIDs every result references (SR, secondary capture, parametric map): the source
+#: image's, its series' (result series UIDs derive from it) and its study's.
+IDENTITY_UIDS = ("SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID")
+#: PS3.5 9.1: components of digits without leading zeros, joined by dots; at most 64 chars.
+_UID = re.compile(r"^(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))*$")
+_UID_CHARACTERS = re.compile(r"^[0-9.]*$")
+UID_MAX = 64
 
 
 def _text(ds: Dataset, keyword: str) -> str:
@@ -129,12 +141,60 @@ def check_acceptable(ds: Dataset) -> None:
         )
 
 
+def _uid_value(ds: Dataset, keyword: str) -> str:
+    """The element's value as one string, without the NUL or space padding senders add."""
+    value = ds.get(keyword)
+    if value is None:
+        return ""
+    if isinstance(value, bytes | bytearray):
+        value = bytes(value).decode("ascii", "replace")
+    elif not isinstance(value, str):  # several values (VM > 1): never one UID
+        value = "\\".join(str(v) for v in value)
+    return value.strip().rstrip("\x00").strip()
+
+
+def uid_problem(value: str) -> str | None:
+    """Why ``value`` is not a valid DICOM UID (``None`` when it is one).
+
+    The value is quoted only when it holds nothing but digits and dots: a UID element that
+    holds anything else may hold anything (a de-identification tool's name, say).
+    """
+    if len(value) > UID_MAX:
+        shown = f"{value!r} " if _UID_CHARACTERS.match(value) else ""
+        return f"{shown}is {len(value)} characters long (at most {UID_MAX})"
+    if not _UID_CHARACTERS.match(value):
+        return f"has characters other than digits and '.' ({len(value)} characters)"
+    if not _UID.match(value):
+        return f"{value!r} has an empty component or one with a leading zero"
+    return None
+
+
+def check_identity(ds: Dataset) -> None:
+    """Raise :class:`InvalidInputError` unless ``ds`` names itself with valid UIDs.
+
+    Every result object references the source's SOP Instance UID and joins its study; the
+    result series' UIDs derive from its Series Instance UID. Each of the three must be
+    present and a valid UID (PS3.5 9.1, after trailing NUL and space padding is removed):
+    ``missing-uid`` when absent or empty, ``invalid-uid`` otherwise.
+    """
+    for keyword in IDENTITY_UIDS:
+        value = _uid_value(ds, keyword)
+        if not value:
+            raise InvalidInputError("missing-uid", f"{keyword} is missing or empty")
+        problem = uid_problem(value)
+        if problem:
+            raise InvalidInputError("invalid-uid", f"{keyword} {problem}")
+
+
 def check_pixel_header(ds: Dataset) -> None:
     """Raise :class:`InvalidInputError` when the header cannot describe real pixel data.
 
     Checks: PixelData present; BitsAllocated 8 or 16; 1 <= BitsStored <= BitsAllocated;
     PixelRepresentation 0 or 1; Rows and Columns within [MIN_DIMENSION, MAX_DIMENSION]; and,
-    for native (uncompressed) transfer syntaxes, PixelData long enough for Rows x Columns.
+    for native (uncompressed) transfer syntaxes, PixelData long enough for Rows x Columns
+    (``short-pixel-data``) and not one whole row or more longer (``long-pixel-data``: Rows or
+    Columns says less than the data holds, and the image would be read cut or sheared; a few
+    bytes of padding past the end are let through, as pydicom lets them).
     """
     if "PixelData" not in ds:
         kind = "FloatPixelData" if "FloatPixelData" in ds else "PixelData"
@@ -172,4 +232,11 @@ def check_pixel_header(ds: Dataset) -> None:
                 "short-pixel-data",
                 f"PixelData holds {actual} bytes, {rows}x{columns}x{bits_allocated} bits "
                 f"needs {expected}",
+            )
+        row = columns * bits_allocated // 8
+        if actual - expected >= row:
+            raise InvalidInputError(
+                "long-pixel-data",
+                f"PixelData holds {actual} bytes, {rows}x{columns}x{bits_allocated} bits "
+                f"needs {expected}: {actual - expected} bytes more than the header describes",
             )

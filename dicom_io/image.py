@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import logging
+import stat
 from pathlib import Path
 from typing import BinaryIO
 
@@ -12,7 +13,7 @@ import pydicom
 from pydicom.dataset import Dataset
 
 from dicom_io.errors import DicomIOError, InvalidInputError
-from dicom_io.gate import check_acceptable, check_pixel_header
+from dicom_io.gate import check_acceptable, check_identity, check_pixel_header
 from dicom_io.pixels import display_pixels
 from domain.image import SourceImage
 
@@ -45,13 +46,18 @@ def read_dataset(source: str | Path | bytes | BinaryIO) -> Dataset:
 def from_dataset(ds: Dataset, name: str = "dataset") -> SourceImage:
     """Gate and decode a dataset (as read from a file or received over the network).
 
+    The gate is whole here: what this returns can be scored and can carry results.
+
     Raises:
         DeclinedError: valid object the model must not see (see :mod:`dicom_io.gate`).
-        InvalidInputError: the header lies about its pixel data, decoding fails, or the
-            header is corrupt (``corrupt``: any other exception pydicom raises on it).
+        InvalidInputError: the object lacks the UIDs its results reference
+            (``missing-uid``, ``invalid-uid``), the header lies about its pixel data,
+            decoding fails, or the header is corrupt (``corrupt``: any other exception
+            pydicom raises on it).
     """
     try:
         check_acceptable(ds)
+        check_identity(ds)
         check_pixel_header(ds)
         display = display_pixels(ds)
         header = Dataset()
@@ -89,6 +95,8 @@ def load(path: str | Path) -> SourceImage:
     """Load a file by content: PNG by its signature, anything else as DICOM."""
     path = Path(path)
     try:
+        if not stat.S_ISREG(path.stat().st_mode):  # a FIFO would block the reader for good
+            raise InvalidInputError("unreadable", "not a regular file")
         with path.open("rb") as f:
             head = f.read(8)
     except OSError as e:

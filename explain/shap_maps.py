@@ -68,6 +68,8 @@ def _explainer(target: Target, index: int, background: torch.Tensor, batch_size:
     """The cached GradientExplainer of output ``index``, its background set to ``background``."""
     key = ("shap", index)
     explainer = target.cache.get(key)
+    # shap has no setter for the background: reuse the cached explainer (no new forward pass)
+    # where its inner explainer has the known fields, else make a new one.
     inner = getattr(explainer, "explainer", None)
     if inner is not None and hasattr(inner, "data") and hasattr(inner, "model_inputs"):
         inner.data = [background]

@@ -83,6 +83,7 @@ class Target:
                  output: str = "logits") -> None:
         self.scripted = isinstance(net, torch.jit.ScriptModule)
         self.stripped: list[str] = []
+        # Optional torchxrayvision attributes: other networks have neither.
         if getattr(net, "op_threshs", None) is not None:
             net.op_threshs = None
             self.stripped.append("op_norm")
@@ -123,10 +124,16 @@ class Target:
         return torch.as_tensor(batch, dtype=torch.float32).clone().to(self.device)
 
     def copy_net(self) -> torch.nn.Module:
-        """A deep copy of the network without this copy's own forward hooks."""
-        net = copy.deepcopy(self.net)
-        for layer, handle in self._entries.items():
-            net.get_submodule(layer)._forward_hooks.pop(handle.id, None)
+        """A deep copy of the network without this copy's own forward hooks.
+
+        Not remove/copy/re-register (our hook would then run after medcam's, which needs the
+        output it makes), nor a pristine copy kept aside (a second network per model).
+        """
+        # Handles deep-copied with the net remove from the copy: no spare net, live hooks untouched.
+        with self.lock:
+            net, handles = copy.deepcopy((self.net, list(self._entries.values())))
+        for handle in handles:
+            handle.remove()
         return net
 
 

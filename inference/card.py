@@ -137,11 +137,6 @@ class ModelCard:
             raise ModelCardError(f"preprocessing: {e}") from e
         return cls(**data)
 
-    def with_(self, **changes: Any) -> ModelCard:
-        d = {k: getattr(self, k) for k in self.__dataclass_fields__}
-        d.update(changes)
-        return ModelCard(**d)
-
 
 def card_candidates(weights: Path) -> list[Path]:
     """Where a card for ``weights`` is looked for, first match wins."""

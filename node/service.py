@@ -12,11 +12,12 @@ from inference import LoadedModel, configure_threads, load_model
 from node.core.pipeline import Pipeline
 from node.dimse.scp import make_scp, scp_handlers, start_scp
 from node.jobs.intake import Handoff, Intake
-from node.jobs.queue import SqliteQueue
+from node.jobs.queue import SqliteJobQueue
+from node.jobs.records import SqliteJobRecords
 from node.jobs.sender import Sender
-from node.jobs.storage import Spool
-from node.jobs.waiters import Waiters
-from node.jobs.worker import Listener, Worker
+from node.jobs.sqlite import Database
+from node.jobs.storage import SpoolStore
+from node.jobs.worker import Worker
 from node.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -29,21 +30,20 @@ class Node:
         self.settings = settings
         self.model = model
         self.stop_event = threading.Event()
-        self.waiters = Waiters()
-        self.listeners: list[Listener] = [self.waiters.listener]
         self.http_server = None
         self.http_thread: threading.Thread | None = None
-        self.spool = Spool(settings.spool,
-                           int(settings.spool_quota_mb * 2**20) if settings.spool_quota_mb
-                           else None, int(settings.min_free_mb * 2**20))
-        self.queue = SqliteQueue(settings.spool / "queue.sqlite3")
+        # The embedded default of the three interfaces: a spool folder and one SQLite file.
+        self.store = SpoolStore(settings.spool,
+                                int(settings.spool_quota_mb * 2**20) if settings.spool_quota_mb
+                                else None, int(settings.min_free_mb * 2**20))
+        db = Database(settings.spool / "queue.sqlite3")
+        self.records = SqliteJobRecords(db)
         # DIMSE is never refused for depth (a modality cannot wait); HTTP is (503).
-        handoff = Handoff(int(settings.handoff_mb * 2**20))
-        self.intake = Intake(self.spool, self.queue, handoff=handoff)
-        self.http_intake = Intake(self.spool, self.queue, settings.max_queue_depth,
-                                  wake=self.intake.wake, handoff=handoff)
+        self.intake = Intake(self.store, SqliteJobQueue(db), self.records,
+                             handoff=Handoff(int(settings.handoff_mb * 2**20)),
+                             purge=settings.purge_delivered)
         self.workers: list[Worker] = []
-        self.sender = Sender(settings, self.queue, self.spool, self.stop_event)
+        self.sender = Sender(settings, self.records, self.store, self.stop_event)
         self.scp = None
         self.server = None
         self.ready = threading.Event()
@@ -68,8 +68,7 @@ class Node:
         if recovered:
             logger.info("recovered %d job(s) from the spool", recovered)
         for i in range(s.workers):
-            worker = Worker(f"worker-{i}", s, self.intake, self.pipeline, self.stop_event,
-                            self.listeners)
+            worker = Worker(f"worker-{i}", s, self.intake, self.pipeline, self.stop_event)
             worker.start()
             self.workers.append(worker)
         self.sender.start()
@@ -132,8 +131,7 @@ class Node:
         image = SourceImage("warm-up", np.linspace(0, 255, 256 * 256, dtype=np.float32)
                             .reshape(256, 256).astype(np.uint8), 255)
         started = time.monotonic()
-        [scored] = self.pipeline.score([image])
-        self.pipeline.complete(scored, build_dicom=False)
+        self.pipeline.run(image, build_dicom=False)
         if self.pipeline.builder is not None:
             stencils = self.pipeline.builder.prepare()
             logger.info("SR measurement groups %s", "from stencils" if stencils
@@ -151,7 +149,6 @@ class Node:
         import uvicorn
 
         from node.http import create_app
-        from node.http.protocol import body_protocol
 
         s = self.settings
         tls = {}
@@ -167,7 +164,7 @@ class Node:
                                 log_level="warning", timeout_keep_alive=30, access_log=False,
                                 limit_concurrency=max(64, 4 * s.max_associations),
                                 h11_max_incomplete_event_size=64 * 1024,
-                                http=body_protocol(), **tls)
+                                **tls)
         self.http_server = uvicorn.Server(config)
         self.http_thread = threading.Thread(target=self.http_server.run, name="http",
                                             daemon=True)

@@ -2,6 +2,9 @@
 
 Precedence, highest first: command-line flags > environment (``CXR_NODE_<NAME>``, lists and
 tables as JSON) > TOML config file (``--config FILE``) > defaults.
+
+The config file is a pydantic-settings ``toml_file``: :meth:`Settings.load` makes a subclass whose
+``model_config`` names it, so each call reads its own file and no state is shared between calls.
 """
 
 from __future__ import annotations
@@ -9,7 +12,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any
 
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import (
@@ -18,6 +21,8 @@ from pydantic_settings import (
     SettingsConfigDict,
     TomlConfigSettingsSource,
 )
+
+from domain import EXPLAIN_CHOICES, check_explain
 
 _AE_RE = re.compile(r"^[\x20-\x5b\x5d-\x7e]{1,16}$")  # PS3.5 AE: 16 chars, no backslash
 
@@ -55,8 +60,8 @@ def check_ae_title(ae: str) -> str:
 class Settings(BaseSettings):
     """Everything ``cxr-node serve`` can be told. See README "Configuration"."""
 
+    # toml_file stays None here: only the subclass Settings.load makes for a file names one
     model_config = SettingsConfigDict(env_prefix="CXR_NODE_", extra="forbid")
-    _config_file: ClassVar[Path | None] = None
 
     # identity and network
     ae_title: str = Field("CXRNODE", description="the node's AE title")
@@ -67,7 +72,7 @@ class Settings(BaseSettings):
     model: str = Field("densenet121-res224-pc", description="weights file or named weights")
     card: Path | None = None
     weights_cache: Path | None = None
-    explain: str = Field("gradcam", description="gradcam, gradcampp, shap or none")
+    explain: str = Field("gradcam", description=f"one of {', '.join(EXPLAIN_CHOICES)}")
     onnx_fast_path: bool = Field(True, description="predict with ONNX Runtime when the "
                                  "export matches PyTorch within 1e-4")
     onnx_run_batch: int = Field(1, ge=1, le=256, description="images per ONNX Runtime run "
@@ -125,10 +130,7 @@ class Settings(BaseSettings):
     @field_validator("explain")
     @classmethod
     def _explain(cls, v: str) -> str:
-        allowed = ("gradcam", "gradcampp", "shap", "none")
-        if v not in allowed:
-            raise ValueError(f"explain {v!r}: use one of {allowed}")
-        return v
+        return check_explain(v)
 
     @field_validator("destinations")
     @classmethod
@@ -202,10 +204,24 @@ class Settings(BaseSettings):
         dotenv_settings: PydanticBaseSettingsSource,
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
-        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
-        if cls._config_file is not None:
-            sources.append(TomlConfigSettingsSource(settings_cls, toml_file=cls._config_file))
-        return tuple(sources)
+        # flags (init) > environment > the TOML file that settings_cls.model_config names
+        # (none in Settings itself: the source then reads nothing)
+        return init_settings, env_settings, TomlConfigSettingsSource(settings_cls)
+
+    @classmethod
+    def with_config_file(cls, config_file: Path) -> type[Settings]:
+        """A subclass of this class that reads ``config_file`` (its ``toml_file``).
+
+        A new class for each call: two loads of different files, in any threads, never see
+        each other's file."""
+        path = Path(config_file)
+
+        class FromFile(cls):  # type: ignore[valid-type,misc]
+            model_config = SettingsConfigDict(toml_file=path)
+
+        FromFile.__name__ = FromFile.__qualname__ = cls.__name__
+        FromFile.__doc__ = cls.__doc__
+        return FromFile
 
     @classmethod
     def load(cls, config_file: Path | None = None, **flags: Any) -> Settings:
@@ -213,9 +229,5 @@ class Settings(BaseSettings):
         if config_file is not None and not Path(config_file).is_file():
             raise ValueError(f"config file {config_file} does not exist")
         given = {k: v for k, v in flags.items() if v is not None and v != []}
-        previous = cls._config_file
-        cls._config_file = Path(config_file) if config_file else None
-        try:
-            return cls(**given)
-        finally:
-            cls._config_file = previous
+        source = cls.with_config_file(Path(config_file)) if config_file else cls
+        return source(**given)

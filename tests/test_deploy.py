@@ -27,11 +27,10 @@ import requests
 
 from deploy import aci
 from deploy.modeldir import ModelDirError, card_candidates, find_card, find_weights
-from dicom_io import from_dataset
 from inference import PADCHEST_LABELS, configure_threads, load_model
 from inference.card import card_candidates as loader_card_candidates
 from node.core.pipeline import Pipeline
-from node.core.scoring import score_document, validate_upload
+from node.core.scoring import read_upload, score_document
 
 ROOT = Path(__file__).resolve().parents[1]
 SCORE_PY = ROOT / "deploy" / "score.py"
@@ -131,7 +130,7 @@ def expected(server_process: ServerProcess, model, cr_path: Path) -> dict[str, d
     """
     data = cr_path.read_bytes()
     pipeline = Pipeline(model, method="none", build_dicom=False)
-    scored = pipeline.score([from_dataset(validate_upload(data), name="request")])[0]
+    scored = pipeline.score([read_upload(data)])[0]
     docs = {}
     for explain in ("none", "gradcam"):
         outcome = pipeline.complete(scored, method=explain, build_dicom=False)

@@ -2,7 +2,7 @@
 
 A small torchxrayvision DenseNet (``block_config=(2, 2)``: ``features.norm5`` is a 28 x 28
 map) is trained here, seeded, in well under a minute on two CPU cores, to say whether a bright
-disc is pasted on a radiograph (:mod:`explain.phantom`: chest phantoms, plus 16 of the shared
+disc is pasted on a radiograph (``tests/phantom.py``: chest phantoms, plus 16 of the shared
 NIH images when ``../shared`` is present). Its training also keeps the disc logit's evidence on
 the disc, so the right answer of an explanation is known: the disc.
 
@@ -25,13 +25,13 @@ import pytest
 import torch
 import torchxrayvision as xrv
 from conftest import SHARED_CXR14, record_figure
+from phantom import DISC_LABELS, Disc, add_disc, chest_phantom, random_disc
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
 import dicom_io
 from domain import SourceImage
 from explain import Randomisation, explain
-from explain.phantom import DISC_LABELS, Disc, add_disc, chest_phantom, random_disc
 from explain.sanity import randomisation_check, similarity
 from explain.target import randomise_top_layers
 from inference import Geometry, LoadedModel, ModelCard, Predictor, Scored
@@ -65,7 +65,7 @@ def _display01(image: SourceImage) -> np.ndarray:
 
 @pytest.fixture(scope="module")
 def disc_model() -> LoadedModel:
-    from explain.phantom import train_disc_detector
+    from phantom import train_disc_detector
 
     backgrounds = []
     for path in _real_images()[:16]:  # training half of the NIH sample

@@ -16,6 +16,7 @@ import pydicom
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset
 from pydicom.uid import generate_uid
 
@@ -109,6 +110,18 @@ def test_stencil_sr_is_the_highdicom_sr(builder, cr_path, name: str, state: str)
     prediction = _prediction(rng.random(26), rng.uniform(0.2, 0.8, 26))
     fast, slow = _both(builder, image, prediction, _heatmaps(image)[state])
     assert fast == slow
+
+
+@pytest.mark.parametrize("name", list(SOURCES))
+def test_stencil_content_is_written_as_it_was_encoded(builder, cr_path, name: str) -> None:
+    """The SR's content tree, encoded by the stencils, reaches the file as it is: pydicom
+    would parse and re-encode it, were its original character set not the SR's own."""
+    image = _source(cr_path, seed=f"raw {name}", **SOURCES[name])
+    pred = _prediction(np.linspace(0.05, 0.95, 26), np.full(26, 0.4))
+    sr = builder.build(image, pred, timestamp=WHEN).sr
+    assert isinstance(sr.get_item(0x0040A730), RawDataElement)
+    _encode(sr)
+    assert isinstance(sr.get_item(0x0040A730), RawDataElement)
 
 
 probability = st.one_of(st.sampled_from([0.0, 1.0, 0.5, 1e-7, 0.9999995, 1 / 3]),

@@ -2,24 +2,97 @@
 
 from __future__ import annotations
 
+import re
+import sys
+import threading
+import tomllib
 from pathlib import Path
 
 import pytest
-from pydantic import ValidationError
+from pydantic import TypeAdapter, ValidationError
 
 from node.cli.main import build_parser, settings_from_args
 from node.settings import Peer, Settings
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "docs" / "cxr-node.example.toml"
+#: a commented-out setting in the example: ``# name = value`` (TOML has no null to write)
+COMMENTED_SETTING = re.compile(r"^#\s*([a-z_]+\s*=.*)$")
+
+
+def example_settings() -> tuple[dict, dict]:
+    """The example's settings as TOML reads them, and those it shows commented out."""
+    text = EXAMPLE.read_text()
+    commented: dict = {}
+    for line in text.splitlines():
+        if m := COMMENTED_SETTING.match(line):
+            commented.update(tomllib.loads(m.group(1)))
+    return tomllib.loads(text), commented
 
 
 def test_readme_example_config_is_complete_and_valid() -> None:
+    active, commented = example_settings()
+    assert not set(active) & set(commented), "set and commented out at once"
+    fields = set(Settings.model_fields)
+    documented = set(active) | set(commented)
+    assert not fields - documented, f"settings missing from the example: {fields - documented}"
+    assert not documented - fields, f"unknown keys in the example: {documented - fields}"
+    for name, value in commented.items():  # commented out only because their default is None
+        field = Settings.model_fields[name]
+        assert field.default is None, f"{name} is commented out but defaults to {field.default}"
+        TypeAdapter(field.annotation).validate_python(value)
     settings = Settings.load(EXAMPLE)
     assert settings.destination_peers == [Peer("PACS", "pacs.example.org", 104)]
     assert settings.peer_for("MODALITY1") == Peer("MODALITY1", "10.1.2.3", 104)
-    text = EXAMPLE.read_text()
-    for name in Settings.model_fields:  # every setting is documented in the example
-        assert name in text, name
+    assert settings.model_fields_set == set(active)  # every key the file sets was read
+
+
+def test_each_load_reads_its_own_config_file_also_from_two_threads(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for name in ("AE_TITLE", "DICOM_PORT"):
+        monkeypatch.delenv(f"CXR_NODE_{name}", raising=False)
+    files = {}
+    for ae, port in (("FIRST", 1001), ("SECOND", 1002)):
+        files[ae] = tmp_path / f"{ae.lower()}.toml"
+        files[ae].write_text(f'ae_title = "{ae}"\ndicom_port = {port}\n')
+
+    def seen(settings: Settings) -> tuple[str, int]:
+        return settings.ae_title, settings.dicom_port
+
+    assert seen(Settings.load(files["FIRST"])) == ("FIRST", 1001)
+    assert seen(Settings.load(files["SECOND"])) == ("SECOND", 1002)
+    assert seen(Settings.load(None)) == ("CXRNODE", 11112)  # no file: defaults again
+    assert seen(Settings.load(files["FIRST"], dicom_port=7)) == ("FIRST", 7)
+    assert Settings.model_config.get("toml_file") is None
+    assert isinstance(Settings.load(files["FIRST"]), Settings)
+
+    rounds = 300
+    start = threading.Barrier(2)
+    got: dict[str, list[tuple[str, int]]] = {ae: [] for ae in files}
+    errors: list[BaseException] = []
+
+    def load_many(ae: str) -> None:
+        try:
+            for _ in range(rounds):
+                start.wait(timeout=30)  # both threads load at the same moment every round
+                got[ae].append(seen(Settings.load(files[ae])))
+        except BaseException as e:  # reported below, not lost in the thread
+            errors.append(e)
+            start.abort()
+
+    threads = [threading.Thread(target=load_many, args=(ae,)) for ae in files]
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)  # switch threads as often as possible: interleave the loads
+    try:
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(timeout=120)
+    finally:
+        sys.setswitchinterval(interval)
+    assert not errors, errors
+    assert got["FIRST"] == [("FIRST", 1001)] * rounds
+    assert got["SECOND"] == [("SECOND", 1002)] * rounds
 
 
 def test_precedence_flags_env_file_defaults(tmp_path: Path,

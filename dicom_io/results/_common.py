@@ -5,10 +5,12 @@ from __future__ import annotations
 import copy
 import datetime
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import cache
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
+import numpy as np
 from highdicom import ContributingEquipment
 from pydicom.dataset import Dataset
 from pydicom.uid import UID
@@ -19,7 +21,7 @@ from dicom_io.gate import CHEST_BODY_PARTS
 from dicom_io.results import codes
 from dicom_io.results.uids import check_sha256, check_uid, device_uid
 from dicom_io.uids import NODE_MANUFACTURER
-from domain import SourceImage
+from domain import HeatMap, SourceImage
 
 #: Longest LO (Long String) value.
 LO_MAX = 64
@@ -65,38 +67,104 @@ def check_text(name: str, value: Any) -> str:
     return value.strip()
 
 
+def check_heatmap(heatmap: object) -> HeatMap:
+    """``heatmap`` if it is a :class:`HeatMap` with an array of values, a label and a method.
+
+    Raises:
+        TypeError: not a HeatMap, or its values are not an ndarray.
+        ValueError: its label or method is not a non-empty str.
+    """
+    if not isinstance(heatmap, HeatMap):
+        raise TypeError(f"heatmap must be a HeatMap, not {type(heatmap).__name__}")
+    if not isinstance(heatmap.values, np.ndarray):
+        raise TypeError(
+            f"heat map values must be a numpy ndarray, not {type(heatmap.values).__name__}"
+        )
+    for name, value in (("label", heatmap.label), ("method", heatmap.method)):
+        if not isinstance(value, str) or not value.strip():
+            raise ValueError(f"heat map {name} {value!r} must be a non-empty str")
+    return heatmap
+
+
+@runtime_checkable
+class CardLike(Protocol):
+    """What results read of a model card (:class:`inference.card.ModelCard`)."""
+
+    @property
+    def name(self) -> str: ...
+    @property
+    def version(self) -> str: ...
+    @property
+    def labels(self) -> Sequence[str]: ...
+    @property
+    def manufacturer(self) -> str: ...
+    @property
+    def intended_use(self) -> str: ...
+
+
+@runtime_checkable
+class ModelLike(Protocol):
+    """What results read of a loaded model (:class:`inference.factory.LoadedModel`): its card
+    and weights hash. ``dicom_io`` does not import ``inference``."""
+
+    @property
+    def card(self) -> CardLike: ...
+    @property
+    def sha256(self) -> str: ...
+
+
 @dataclass(frozen=True)
 class ModelIdentity:
-    """Who made the results: the model (name, version, manufacturer, weights hash)."""
+    """Who made the results: the model (name, version, manufacturer, weights hash), and the
+    labels it reports (in output order; an empty label is an output it does not report)."""
 
     name: str
     version: str
     manufacturer: str
     sha256: str
     intended_use: str = ""
+    labels: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
-        for field_name in ("name", "version", "manufacturer"):
-            check_text(f"model {field_name}", getattr(self, field_name))
+        check_text("model name", self.name)
+        check_text("model version", self.version)
+        check_text("model manufacturer", self.manufacturer)
         object.__setattr__(self, "sha256", check_sha256(self.sha256))
         if not isinstance(self.intended_use, str):
             raise TypeError(
                 f"intended_use must be a str, not {type(self.intended_use).__name__}"
             )
+        if isinstance(self.labels, str) or not isinstance(self.labels, Sequence):
+            raise TypeError(f"labels must be a sequence of str, not {type(self.labels).__name__}")
+        for label in self.labels:
+            if not isinstance(label, str):
+                raise TypeError(f"label {label!r} must be a str, not {type(label).__name__}")
+        object.__setattr__(self, "labels", tuple(self.labels))
 
     @classmethod
-    def from_model(cls, model: Any) -> ModelIdentity:
-        """From an :class:`inference.factory.LoadedModel` (anything with ``card``, ``sha256``)."""
-        card = getattr(model, "card", None)
-        sha = getattr(model, "sha256", None)
-        if card is None or sha is None:
+    def of(cls, model: ModelIdentity | ModelLike) -> ModelIdentity:
+        """``model`` itself, or the identity of a loaded model (its ``card`` and ``sha256``).
+
+        Raises:
+            TypeError: ``model`` is neither (the message names its type).
+        """
+        if isinstance(model, ModelIdentity):
+            return model
+        if not isinstance(model, ModelLike):
             raise TypeError(
-                f"model must be a LoadedModel (with .card and .sha256), not {type(model).__name__}"
+                f"model must be a LoadedModel (with .card and .sha256) or a ModelIdentity, "
+                f"not {type(model).__name__}"
+            )
+        card = model.card
+        if not isinstance(card, CardLike):
+            raise TypeError(
+                f"model card must be a ModelCard (with name, version, labels, manufacturer, "
+                f"intended_use), not {type(card).__name__}"
             )
         return cls(
             name=card.name, version=card.version,
-            manufacturer=card.manufacturer or NODE_MANUFACTURER, sha256=sha,
-            intended_use=card.intended_use or "",
+            manufacturer=card.manufacturer or NODE_MANUFACTURER, sha256=model.sha256,
+            intended_use=card.intended_use or "", labels=tuple(card.labels),
         )
 
     @property
@@ -224,6 +292,7 @@ def source_context(image: SourceImage) -> SourceContext:
     reference = Dataset()
     reference.update({elem.tag: elem for elem in header if elem.tag != 0x7FE00010})
     reference = copy.deepcopy(reference)
+    # (a header made in memory has no file_meta attribute at all)
     reference.file_meta = copy.deepcopy(getattr(header, "file_meta", Dataset()))
     for keyword in PATIENT_STUDY_KEYWORDS:
         if reference.get(keyword) is None:

@@ -6,7 +6,7 @@ import datetime
 import logging
 import threading
 from collections import OrderedDict
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
@@ -14,20 +14,16 @@ from dicom_io.errors import DicomIOError, ResultBuildError
 from dicom_io.results import uids
 from dicom_io.results._common import (
     ModelIdentity,
+    ModelLike,
     SourceContext,
+    check_heatmap,
     normalise_timestamp,
     source_context,
 )
 from dicom_io.results.pm import build_pm
 from dicom_io.results.sc import build_sc
 from dicom_io.results.sr import FindingsReportTemplate, finding_values
-from domain import HeatMap
-from domain.image import SourceImage
-from domain.prediction import Prediction
-from domain.results import ResultSet
-
-if TYPE_CHECKING:  # dicom_io does not import inference at run time
-    from inference.factory import LoadedModel
+from domain import HeatMap, Prediction, ResultSet, SourceImage
 
 logger = logging.getLogger(__name__)
 
@@ -38,13 +34,9 @@ NOT_FOR_DIAGNOSTIC_USE = "not for diagnostic use"
 RANGE_TOLERANCE = 1e-3
 
 
-def _heatmap_values(heatmap: Any, source: SourceContext) -> tuple[np.ndarray, bool]:
-    """The heat map's values as float32 on the source grid, checked and clipped."""
-    values = getattr(heatmap, "values", None)
-    if not isinstance(values, np.ndarray):
-        raise TypeError(
-            f"heatmap must be a HeatMap (with .values ndarray), not {type(heatmap).__name__}"
-        )
+def _heatmap_values(heatmap: HeatMap, source: SourceContext) -> tuple[np.ndarray, bool]:
+    """The values of a checked heat map as float32 on the source grid, checked and clipped."""
+    values = heatmap.values
     if values.shape != (source.rows, source.columns):
         raise ValueError(
             f"heat map shape {values.shape} is not the source grid "
@@ -53,7 +45,7 @@ def _heatmap_values(heatmap: Any, source: SourceContext) -> tuple[np.ndarray, bo
     values = values.astype(np.float32, copy=False)
     if not np.all(np.isfinite(values)):
         raise ValueError("heat map values contain NaN or infinity")
-    signed = bool(getattr(heatmap, "signed", False))
+    signed = bool(heatmap.signed)
     low = -1.0 if signed else 0.0
     vmin, vmax = float(values.min()), float(values.max())
     if vmin < low - RANGE_TOLERANCE or vmax > 1.0 + RANGE_TOLERANCE:
@@ -66,13 +58,6 @@ def _heatmap_values(heatmap: Any, source: SourceContext) -> tuple[np.ndarray, bo
     return np.ascontiguousarray(values, dtype=np.float32), signed
 
 
-def _heatmap_text(heatmap: Any, name: str) -> str:
-    value = getattr(heatmap, name, None)
-    if not isinstance(value, str) or not value.strip():
-        raise ValueError(f"heat map {name} {value!r} must be a non-empty str")
-    return value.strip()
-
-
 class ResultBuilder:
     """Builds the result objects of images scored by one model.
 
@@ -81,10 +66,12 @@ class ResultBuilder:
     ``build`` is thread-safe.
     """
 
-    def __init__(self, model: LoadedModel, *, series_numbers: dict[str, int] | None = None) -> None:
-        self.model = ModelIdentity.from_model(model)
-        labels = tuple(getattr(model.card, "labels", ()) or ())
-        self.template = FindingsReportTemplate(self.model, labels)
+    def __init__(self, model: ModelIdentity | ModelLike, *,
+                 series_numbers: dict[str, int] | None = None) -> None:
+        """``model``: a :class:`ModelIdentity`, or a loaded model (``inference.LoadedModel``,
+        read through its ``card`` and ``sha256``)."""
+        self.model = ModelIdentity.of(model)
+        self.template = FindingsReportTemplate(self.model, self.model.labels)
         numbers = dict(SERIES_NUMBERS)
         for kind, number in (series_numbers or {}).items():
             if kind not in SERIES_NUMBERS:
@@ -140,15 +127,10 @@ class ResultBuilder:
         note = "no heat map"
         label = method = ""
         if heatmap is not None:
-            if not isinstance(getattr(heatmap, "values", None), np.ndarray):
-                raise TypeError(
-                    f"heatmap must be a HeatMap (with .values ndarray), "
-                    f"not {type(heatmap).__name__}"
-                )
-            label = _heatmap_text(heatmap, "label")
-            method = _heatmap_text(heatmap, "method")
-            if getattr(heatmap, "suppressed", False):
-                reason = getattr(heatmap, "suppressed_reason", None) or "sanity check failed"
+            check_heatmap(heatmap)
+            label, method = heatmap.label.strip(), heatmap.method.strip()
+            if heatmap.suppressed:
+                reason = heatmap.suppressed_reason or "sanity check failed"
                 note = f"heat map suppressed: {reason}"
             else:
                 values, signed = _heatmap_values(heatmap, source)
@@ -175,25 +157,21 @@ class ResultBuilder:
         return ResultSet(sr=sr, sc=sc, pm=pm, heatmap_note=note)
 
 
-_BUILDERS: OrderedDict[tuple[str, Any], ResultBuilder] = OrderedDict()
+_BUILDERS: OrderedDict[ModelIdentity, ResultBuilder] = OrderedDict()
 _BUILDERS_LOCK = threading.Lock()
 _BUILDERS_MAX = 8
 
 
-def builder_for(model: LoadedModel) -> ResultBuilder:
-    """The cached :class:`ResultBuilder` of ``model`` (keyed by weights hash and card)."""
-    card, sha = getattr(model, "card", None), getattr(model, "sha256", None)
-    if card is None or sha is None:
-        raise TypeError(
-            f"model must be a LoadedModel (with .card and .sha256), not {type(model).__name__}"
-        )
-    key = (str(sha), card)
+def builder_for(model: ModelIdentity | ModelLike) -> ResultBuilder:
+    """The cached :class:`ResultBuilder` of ``model`` (keyed by its :class:`ModelIdentity`:
+    weights hash, name, version, manufacturer, intended use, labels)."""
+    key = ModelIdentity.of(model)
     with _BUILDERS_LOCK:
         builder = _BUILDERS.get(key)
         if builder is not None:
             _BUILDERS.move_to_end(key)
             return builder
-    builder = ResultBuilder(model)
+    builder = ResultBuilder(key)
     with _BUILDERS_LOCK:
         _BUILDERS[key] = builder
         while len(_BUILDERS) > _BUILDERS_MAX:
@@ -204,7 +182,7 @@ def builder_for(model: LoadedModel) -> ResultBuilder:
 def build_results(
     image: SourceImage,
     prediction: Prediction,
-    model: LoadedModel,
+    model: ModelIdentity | ModelLike,
     heatmap: HeatMap | None = None,
     *,
     timestamp: datetime.datetime | None = None,

@@ -44,7 +44,7 @@ from highdicom.sr import (
     TextContentItem,
     TrackingIdentifier,
 )
-from pydicom.charset import default_encoding
+from pydicom.charset import convert_encodings, default_encoding
 from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset
 from pydicom.sr.codedict import codes as dcm_codes
@@ -54,12 +54,14 @@ from dicom_io.results import codes
 from dicom_io.results._common import (
     ModelIdentity,
     SourceContext,
+    check_heatmap,
     clip_lo,
     date_time_kwargs,
     finish,
 )
 from dicom_io.results.stencil import GroupStencils, StencilError, encode_item, source_slots
 from dicom_io.results.uids import tracking_uid
+from domain import Finding, HeatMap, Prediction
 
 logger = logging.getLogger(__name__)
 
@@ -83,25 +85,32 @@ def _shallow(item: Dataset) -> Dataset:
     return copy
 
 
+def _text_encodings(ds: Dataset) -> str | list[str]:
+    """The encodings pydicom's writer gives ``ds``'s text: its Specific Character Set, else
+    the default (``ds`` is built here, not decoded: it inherits no parent's character set)."""
+    charset = ds.get("SpecificCharacterSet")
+    return convert_encodings(charset) if charset else default_encoding
+
+
 def _set_raw_content(ds: Dataset, encoded: bytes) -> None:
     """``ds``'s Content Sequence as already encoded (Explicit VR LE) items, written as they
-    are: pydicom neither parses nor encodes them again."""
+    are: pydicom neither parses nor encodes them again (original encoding = written one)."""
     ds[_CONTENT_SEQUENCE] = RawDataElement(
         Tag(_CONTENT_SEQUENCE), "SQ", len(encoded), encoded, 0, False, True)
-    ds.set_original_encoding(False, True, ds._character_set)
+    ds.set_original_encoding(False, True, _text_encodings(ds))
 
 
-def finding_values(prediction: object) -> list[tuple[str, float, float, bool]]:
-    """``(label, probability, threshold, positive)`` of each finding, checked."""
-    findings = getattr(prediction, "findings", None)
-    if findings is None:
-        raise TypeError(
-            f"prediction must be a Prediction (with .findings), not {type(prediction).__name__}"
-        )
+def finding_values(prediction: Prediction) -> list[tuple[str, float, float, bool]]:
+    """``(label, probability, threshold, positive)`` of each finding, checked (TypeError,
+    ValueError naming the value)."""
+    if not isinstance(prediction, Prediction):
+        raise TypeError(f"prediction must be a Prediction, not {type(prediction).__name__}")
     out = []
     seen = set()
-    for f in findings:
-        label = getattr(f, "label", None)
+    for f in prediction.findings:
+        if not isinstance(f, Finding):
+            raise TypeError(f"finding {f!r} must be a Finding, not {type(f).__name__}")
+        label = f.label
         if not isinstance(label, str) or not label.strip():
             raise ValueError(f"finding label {label!r} must be a non-empty str")
         if label in seen:
@@ -205,7 +214,7 @@ class FindingsReportTemplate:
         library.ContentSequence = [group]
         return library
 
-    def _evaluations(self, heatmap: object | None) -> ContainerContentItem:
+    def _evaluations(self, heatmap: HeatMap | None) -> ContainerContentItem:
         items = []
         if self.model.intended_use.strip():
             items.append(TextContentItem(
@@ -213,10 +222,9 @@ class FindingsReportTemplate:
                 relationship_type=_CONTAINS,
             ))
         if heatmap is not None:
-            method = str(getattr(heatmap, "method", "") or "explanation")
-            label = str(getattr(heatmap, "label", "") or "?")
-            if getattr(heatmap, "suppressed", False):
-                reason = str(getattr(heatmap, "suppressed_reason", None) or "sanity check failed")
+            method, label = heatmap.method, heatmap.label  # checked: non-empty str
+            if heatmap.suppressed:
+                reason = str(heatmap.suppressed_reason or "sanity check failed")
                 items.append(TextContentItem(
                     name=codes.HEAT_MAP_SUPPRESSED,
                     value=(f"{method} heat map for {label} suppressed and not written: "
@@ -239,8 +247,8 @@ class FindingsReportTemplate:
     def build(
         self,
         source: SourceContext,
-        prediction: object,
-        heatmap: object | None,
+        prediction: Prediction,
+        heatmap: HeatMap | None,
         *,
         when: datetime.datetime,
         series_instance_uid: str,
@@ -259,6 +267,8 @@ class FindingsReportTemplate:
         bytes, several times faster. The returned dataset holds its content tree raw.
         """
         findings = finding_values(prediction)
+        if heatmap is not None:
+            check_heatmap(heatmap)
         stencils = self._stencils([label for label, *_ in findings]) if stencil else None
         if stencils is None:
             groups = [

@@ -3,11 +3,20 @@ one-line JSON document."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-if TYPE_CHECKING:
-    from node.bench.run import Options, Results
+from node.bench.common import Options, Results
 
+#: (ratio or figure, comparison, target, what it is).
+TARGETS: tuple[tuple[str, str, float, str], ...] = (
+    ("http_vs_model", ">=", 0.8, "HTTP /score, N clients / ONNX model-only, batch"),
+    ("dimse_vs_model", ">=", 0.7, "DIMSE Grad-CAM / PyTorch forward + Grad-CAM, batch"),
+    ("dimse_noexplain_vs_model", ">=", 0.7, "DIMSE explain none / ONNX model-only, batch"),
+    ("score_p50_vs_reference", "<=", 1.5, "/score p50, 1 client / (decode + forward)"),
+    ("gradcam_over_predict", "<=", 3.0, "Grad-CAM / PyTorch forward, 1 image"),
+    ("node_peak_rss_mb", "<=", 1500.0, "node peak RSS, MB"),
+    ("ready_s", "<=", 10.0, "node start to ready, s (cold)"),
+)
 #: Raw figures in the JSON ``raw`` object, in table order; units in the key (s, ips, mb).
 RAW_KEYS = (
     "decode_s", "preprocess_s",
@@ -54,8 +63,6 @@ def derive(res: Results) -> dict[str, float | None]:
 
 
 def targets(ratios: dict[str, float | None], raw: dict[str, float | None]) -> dict[str, dict]:
-    from node.bench.run import TARGETS
-
     out = {}
     for name, op, target, what in TARGETS:
         value = ratios.get(name, raw.get(name))

@@ -8,6 +8,8 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from domain import EXPLAIN_CHOICES
+
 logger = logging.getLogger(__name__)
 
 EXIT_OK, EXIT_INPUT_FAILED, EXIT_USAGE = 0, 1, 2
@@ -33,8 +35,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("inputs", nargs="+", type=Path, metavar="FILE_OR_DIR")
     p.add_argument("--out", type=Path, required=True, help="output folder: OUT/<SOPInstanceUID>/")
     _add_model_args(p)
-    p.add_argument("--explain", default="gradcam",
-                   help="explanation: gradcam, gradcampp, shap, none (default gradcam)")
+    p.add_argument("--explain", default="gradcam", choices=EXPLAIN_CHOICES,
+                   help="explanation (default gradcam)")
     p.add_argument("--sanity", action="store_true",
                    help="also run the model-randomisation sanity check on each explanation")
     p.add_argument("--no-progress", action="store_true", help="never show a progress bar")
@@ -49,7 +51,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model")
     p.add_argument("--card", type=Path)
     p.add_argument("--weights-cache", type=Path)
-    p.add_argument("--explain", choices=["gradcam", "gradcampp", "shap", "none"])
+    p.add_argument("--explain", choices=EXPLAIN_CHOICES)
     p.add_argument("--spool", type=Path)
     p.add_argument("--spool-quota-mb", type=float)
     p.add_argument("--destination", action="append", dest="destinations", metavar="AE@HOST:PORT",
@@ -189,45 +191,36 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _open_queue(spool: Path):
-    from node.jobs.queue import SqliteQueue
+def _open_records(spool: Path):
+    from node.jobs.records import SqliteJobRecords
+    from node.jobs.sqlite import Database
 
     db = spool / "queue.sqlite3"
     if not db.is_file():
         raise ValueError(f"no queue in spool {spool} (expected {db})")
-    return SqliteQueue(db)
+    return SqliteJobRecords(Database(db))
 
 
 def cmd_jobs(args: argparse.Namespace) -> int:
     import json
 
-    queue = _open_queue(args.spool)
-    counts = queue.counts()
-    jobs, deliveries = queue.failed()
+    document = _open_records(args.spool).failed_document()
     if args.json:
-        print(json.dumps({
-            "counts": counts,
-            "failed_jobs": [{"id": j.id, "state": j.state, "reason": j.reason,
-                             "sop_instance_uid": j.sop_instance_uid} for j in jobs],
-            "failed_deliveries": [{"id": d.id, "destination": d.destination,
-                                   "sop_instance_uid": d.sop_instance_uid,
-                                   "attempts": d.attempts, "reason": d.reason}
-                                  for d in deliveries],
-        }, indent=2))
+        print(json.dumps(document, indent=2))
         return EXIT_OK
+    counts = document["counts"]
     for key in sorted(counts):
         print(f"{key:24} {counts[key]}")
-    for j in jobs:
-        print(f"job {j.id} {j.state}: {j.reason} ({j.sop_instance_uid})")
-    for d in deliveries:
-        print(f"delivery {d.id} to {d.destination} failed after {d.attempts} attempt(s): "
-              f"{d.reason} ({d.sop_instance_uid})")
+    for j in document["failed_jobs"]:
+        print(f"job {j['id']} {j['state']}: {j['reason']} ({j['sop_instance_uid']})")
+    for d in document["failed_deliveries"]:
+        print(f"delivery {d['id']} to {d['destination']} failed after {d['attempts']} "
+              f"attempt(s): {d['reason']} ({d['sop_instance_uid']})")
     return EXIT_OK
 
 
 def cmd_resend(args: argparse.Namespace) -> int:
-    queue = _open_queue(args.spool)
-    n = queue.resend_failed(args.ids)
+    n = _open_records(args.spool).resend_failed(args.ids)
     print(f"{n} failed deliver{'y' if n == 1 else 'ies'} re-queued")
     return EXIT_OK
 

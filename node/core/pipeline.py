@@ -51,6 +51,12 @@ class Pipeline:
     def score(self, images: Sequence[SourceImage]) -> list[Scored]:
         return self.predictor(images)
 
+    def run(self, image: SourceImage, method: str | None = None,
+            build_dicom: bool = True) -> Outcome:
+        """One image all the way: score, explain, build the result objects."""
+        [scored] = self.score([image])
+        return self.complete(scored, method, build_dicom)
+
     def complete(self, scored: Scored, method: str | None = None,
                  build_dicom: bool = True) -> Outcome:
         """Explain (``method``, default the pipeline's) and build the result objects."""

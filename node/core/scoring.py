@@ -9,24 +9,27 @@ from __future__ import annotations
 import base64
 from typing import Any
 
-from pydicom.dataset import Dataset
-
-from dicom_io import DicomIOError, check_acceptable, check_pixel_header, read_dataset
+from dicom_io import DicomIOError, InvalidInputError, from_dataset, read_dataset
 from dicom_io.results.uids import instance_uid
+from domain import SourceImage
 from inference import LoadedModel
 from node.core.pipeline import Outcome
 
 
-def validate_upload(data: bytes) -> Dataset:
-    """Parse and gate an uploaded object before it is queued (fast, header only)."""
+def read_upload(data: bytes, name: str = "request") -> SourceImage:
+    """Parse, gate and decode an uploaded object, once.
+
+    Raises:
+        DicomIOError: empty, unreadable or broken (``DeclinedError``: the gate declined it).
+    """
     if not data:
-        raise DicomIOError("empty", "the request has no DICOM data")
-    ds = read_dataset(data)
-    check_acceptable(ds)
-    check_pixel_header(ds)
-    if not str(ds.get("SOPInstanceUID", "")).strip():
-        raise DicomIOError("no-sop-instance", "SOPInstanceUID is missing")
-    return ds
+        raise InvalidInputError("empty", "the request has no DICOM data")
+    try:
+        return from_dataset(read_dataset(data), name=name)
+    except DicomIOError:
+        raise
+    except Exception as e:  # pydicom raises many types for corrupt files
+        raise InvalidInputError("corrupt", f"{type(e).__name__}: {e}") from e
 
 
 def result_uids(model: LoadedModel, sop_instance_uid: str | None) -> dict[str, str] | None:

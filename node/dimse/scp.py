@@ -6,10 +6,8 @@ raise (pynetdicom ``apps/storescp`` style).
 
 from __future__ import annotations
 
-import io
 import logging
 
-import pydicom
 from pydicom.uid import (
     JPEG2000,
     DeflatedExplicitVRLittleEndian,
@@ -29,10 +27,11 @@ from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, evt
 from pynetdicom.sop_class import Verification
 from pynetdicom.transport import ThreadedAssociationServer
 
+from dicom_io import status
 from dicom_io.uids import INPUT_SOP_CLASSES
+from node.core.errors import OutOfResourcesError
 from node.dimse.scu import no_delay_handler
-from node.jobs.intake import Intake, QueueFullError
-from node.jobs.storage import SpoolFullError
+from node.jobs.intake import Intake, receive
 from node.metrics import RECEIVED
 from node.settings import Settings
 
@@ -45,49 +44,44 @@ IMAGE_TRANSFER_SYNTAXES: list[str] = [
     JPEGLSLossless, JPEGLSNearLossless, JPEG2000Lossless, JPEG2000, RLELossless,
 ]
 
-STATUS_SUCCESS = 0x0000
-STATUS_OUT_OF_RESOURCES = 0xA700
-STATUS_DATASET_NOT_SOP_CLASS = 0xA900
-STATUS_CANNOT_UNDERSTAND = 0xC000
-STATUS_PROCESSING_FAILURE = 0x0110
-
-
 def handle_echo(event: evt.Event) -> int:
-    return STATUS_SUCCESS
+    return status.SUCCESS
 
 
 def handle_store(event: evt.Event, intake: Intake) -> int:
-    """Write the object as received (file meta + encoded dataset) durably, then succeed."""
+    """Parse and gate the object once, store it as received (file meta + encoded data set)
+    durably, record and queue its job, then succeed. The gate's verdict is recorded, never
+    answered: a declined object is stored and recorded as skipped."""
     try:
         data = event.encoded_dataset(include_meta=True)
         sop_uid = str(event.request.AffectedSOPInstanceUID)
         sop_class = str(event.request.AffectedSOPClassUID)
         calling = event.assoc.requestor.ae_title.strip()
-        header = pydicom.dcmread(io.BytesIO(data), stop_before_pixels=True,
-                                 specific_tags=["SOPClassUID", "SOPInstanceUID"])
+        received = receive(data, "dimse", calling)
     except Exception as e:
         logger.warning("C-STORE could not be read: %s", type(e).__name__)
-        return STATUS_CANNOT_UNDERSTAND
+        return status.CANNOT_UNDERSTAND
+    header = received.dataset
     # The result must answer the image the sender asked about: the request and the data set
     # must name the same instance (else its results would reference another image).
     if str(header.get("SOPClassUID", "")) != sop_class:
         logger.warning("C-STORE refused: data set SOP Class is not the request's %s", sop_class)
-        return STATUS_DATASET_NOT_SOP_CLASS
+        return status.DATASET_DOES_NOT_MATCH
     if str(header.get("SOPInstanceUID", "")) != sop_uid:
         logger.warning("C-STORE of %s refused: the data set names another SOP Instance", sop_uid)
-        return STATUS_CANNOT_UNDERSTAND
+        return status.CANNOT_UNDERSTAND
     try:
-        intake.accept(data, sop_uid, calling, "dimse")
-    except (SpoolFullError, QueueFullError) as e:
+        intake.accept(received)
+    except OutOfResourcesError as e:
         logger.error("C-STORE of %s refused, out of resources: %s", sop_uid, e)
         RECEIVED.labels("dimse", "refused").inc()
-        return STATUS_OUT_OF_RESOURCES
+        return status.OUT_OF_RESOURCES
     except Exception:
         logger.exception("C-STORE of %s could not be stored", sop_uid)
         RECEIVED.labels("dimse", "refused").inc()
-        return STATUS_OUT_OF_RESOURCES
+        return status.OUT_OF_RESOURCES
     RECEIVED.labels("dimse", "stored").inc()
-    return STATUS_SUCCESS
+    return status.SUCCESS
 
 
 def make_scp(settings: Settings, intake: Intake) -> AE:

@@ -9,10 +9,10 @@ from __future__ import annotations
 import logging
 import socket
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import pydicom
-from pydicom.dataset import Dataset
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from pynetdicom import AE, _config, evt
 
@@ -63,48 +63,46 @@ def stream_files_as_stored() -> None:
     _config.STORE_SEND_CHUNKED_DATASET = True
 
 
-def read_result_files(paths: Sequence[Path], headers: bool = False
-                      ) -> tuple[list[tuple[Path, Dataset]], list[tuple[Path, str | None]]]:
-    """Result files to send: (path, dataset) of those readable, (path, reason) of the rest
-    (``headers``: the data sets without their pixel data)."""
-    datasets: list[tuple[Path, Dataset]] = []
-    failures: list[tuple[Path, str | None]] = []
-    for path in paths:
-        try:
-            ds = pydicom.dcmread(path, stop_before_pixels=headers)
-            if headers and not ("SOPClassUID" in ds and "TransferSyntaxUID" in ds.file_meta):
-                raise ValueError("no SOP Class UID or Transfer Syntax UID")
-            datasets.append((path, ds))
-        except Exception as e:
-            failures.append((path, f"result file unreadable: {type(e).__name__}"))
-    return datasets, failures
+@dataclass(frozen=True)
+class Outgoing:
+    """A result file to send and what its record says of it (so it is not read first)."""
+
+    path: Path
+    sop_class_uid: str
+    transfer_syntax_uid: str
 
 
-def _store(assoc, path: Path, header: Dataset):
+def _store(assoc, item: Outgoing):
     """C-STORE one result file: its bytes as they are when the peer accepted the file's
     transfer syntax for its class (pynetdicom streams the file, nothing is decoded), else
     decoded and re-encoded in the syntax the peer accepted."""
-    syntax = str(header.file_meta.TransferSyntaxUID)
-    as_is = any(str(cx.abstract_syntax) == str(header.SOPClassUID)
-                and str(cx.transfer_syntax[0]) == syntax for cx in assoc.accepted_contexts)
-    return assoc.send_c_store(path if as_is else pydicom.dcmread(path))
+    as_is = any(str(cx.abstract_syntax) == item.sop_class_uid
+                and str(cx.transfer_syntax[0]) == item.transfer_syntax_uid
+                for cx in assoc.accepted_contexts)
+    return assoc.send_c_store(item.path if as_is else pydicom.dcmread(item.path))
 
 
 def send_files(
-    peer: Peer, paths: Sequence[Path], calling_ae: str, timeout: float = 60
+    peer: Peer, items: Sequence[Outgoing], calling_ae: str, timeout: float = 60
 ) -> list[tuple[Path, str | None]]:
-    """C-STORE ``paths`` to ``peer`` in one association; per file ``None`` or the failure.
+    """C-STORE ``items`` to ``peer`` in one association; per file ``None`` or the failure.
 
     Success and warning statuses count as delivered; anything else (a failure status, no
-    response, a rejected context) is a failure with its reason.
+    response, a rejected context, a file that is gone) is a failure with its reason.
     """
-    datasets, results = read_result_files(paths, headers=True)
+    results: list[tuple[Path, str | None]] = []
+    datasets: list[tuple[Path, Outgoing]] = []
+    for item in items:
+        if item.sop_class_uid and item.path.is_file():
+            datasets.append((item.path, item))
+        else:
+            results.append((item.path, "result file missing"))
     if not datasets:
         return results
     stream_files_as_stored()
     ae = AE(ae_title=calling_ae)
     ae.network_timeout = ae.acse_timeout = ae.dimse_timeout = timeout
-    for sop_class in sorted({str(ds.SOPClassUID) for _, ds in datasets}):
+    for sop_class in sorted({item.sop_class_uid for _, item in datasets}):
         # one context each, so a peer that prefers implicit VR does not force a re-encoding
         ae.add_requested_context(sop_class, ExplicitVRLittleEndian)
         ae.add_requested_context(sop_class, ImplicitVRLittleEndian)
@@ -113,9 +111,9 @@ def send_files(
         why = "rejected" if assoc.is_rejected else "aborted" if assoc.is_aborted else "no answer"
         return results + [(p, f"association with {peer} {why}") for p, _ in datasets]
     try:
-        for path, ds in datasets:
+        for path, item in datasets:
             try:
-                status = _store(assoc, path, ds)
+                status = _store(assoc, item)
             except Exception as e:
                 results.append((path, f"C-STORE to {peer} failed: {e}"))
                 continue

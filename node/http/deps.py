@@ -46,6 +46,19 @@ async def read_body(request: Request) -> bytes:
         if size > limit:
             raise ApiError(413, "too-large", f"body exceeds {limit} bytes")
         chunks.append(chunk)
-    body = b"".join(chunks)
-    request._body = body  # Starlette serves later body()/form() calls from this
-    return body
+    return b"".join(chunks)
+
+
+def replay(request: Request, body: bytes) -> Request:
+    """A request like ``request`` whose body is ``body`` (already read), for parsers that
+    read the body themselves (``form()``)."""
+    sent = False
+
+    async def receive() -> dict:
+        nonlocal sent
+        if sent:
+            return {"type": "http.disconnect"}
+        sent = True
+        return {"type": "http.request", "body": body, "more_body": False}
+
+    return Request(request.scope, receive)

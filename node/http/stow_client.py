@@ -6,7 +6,24 @@ import logging
 from collections.abc import Sequence
 from pathlib import Path
 
+import pydicom
+from pydicom.dataset import Dataset
+
 logger = logging.getLogger(__name__)
+
+
+def read_result_files(paths: Sequence[Path]
+                      ) -> tuple[list[tuple[Path, Dataset]], list[tuple[Path, str | None]]]:
+    """Result files to send: (path, dataset) of those readable, (path, reason) of the rest."""
+    datasets: list[tuple[Path, Dataset]] = []
+    failures: list[tuple[Path, str | None]] = []
+    for path in paths:
+        try:
+            ds = pydicom.dcmread(path)
+            datasets.append((path, ds))
+        except Exception as e:
+            failures.append((path, f"result file unreadable: {type(e).__name__}"))
+    return datasets, failures
 
 
 def stow_files(url: str, paths: Sequence[Path], timeout: float = 60,
@@ -14,8 +31,6 @@ def stow_files(url: str, paths: Sequence[Path], timeout: float = 60,
     """Store ``paths`` in one STOW-RS request; per file ``None`` or why it failed."""
     from dicomweb_client.api import DICOMwebClient
     from requests import Session
-
-    from node.dimse.scu import read_result_files
 
     datasets, results = read_result_files(paths)
     if not datasets:

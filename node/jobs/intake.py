@@ -1,51 +1,113 @@
-"""Intake: the one door every received object goes through (C-STORE, STOW-RS, HTTP).
+"""Intake: the one door every received object goes through (C-STORE, STOW-RS, ``/score``).
 
-An object is acknowledged only after :meth:`Intake.accept` returns: it is then on disk
-(fsynced) and its job is committed in the queue.
+An object is parsed and gated once, here (:func:`receive`). :meth:`Intake.accept` then stores
+it durably, records its job and queues its ticket, and only then returns: the front may
+acknowledge. An object the gate declines is still stored and recorded, as ``skipped`` or
+``failed`` with its code, so that the status a sender gets never depends on the gate.
+:meth:`Intake.submit` is the short way of ``/score``: no storage, no durable ticket (its
+answer is its acknowledgement), a job record all the same, and a future for the answer.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
+from collections import deque
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+from typing import Any
 
 from pydicom.dataset import Dataset
 
-from node.jobs.queue import SqliteQueue
-from node.jobs.storage import Spool
+from dicom_io import (
+    DeclinedError,
+    DicomIOError,
+    check_acceptable,
+    check_pixel_header,
+    read_dataset,
+)
+from node.jobs.model import JobOutcome, Ticket
+from node.jobs.queue import JobQueue, QueueFullError
+from node.jobs.records import JobRecords
+from node.jobs.storage import INCOMING, ObjectStore
 
 logger = logging.getLogger(__name__)
 
 
-class QueueFullError(Exception):
-    """Back-pressure: too many jobs waiting; the caller should retry later."""
+@dataclass
+class Received:
+    """One object as it arrived: its bytes (Part 10), parsed and gated once.
+
+    ``verdict`` is the gate's refusal (``DeclinedError``: skipped; another ``DicomIOError``:
+    failed), ``None`` when the model may see it.
+    """
+
+    data: bytes
+    dataset: Dataset
+    origin: str
+    calling_ae: str | None = None
+    options: dict[str, Any] = field(default_factory=dict)
+    verdict: DicomIOError | None = None
+
+    @property
+    def sop_instance_uid(self) -> str | None:
+        return str(self.dataset.get("SOPInstanceUID", "")).strip() or None
+
+    def outcome(self) -> JobOutcome | None:
+        if self.verdict is None:
+            return None
+        state = "skipped" if isinstance(self.verdict, DeclinedError) else "failed"
+        return JobOutcome(state, self.verdict.code, self.verdict.reason)
+
+
+def gate(ds: Dataset) -> DicomIOError | None:
+    """The gate's refusal of ``ds``, or ``None`` (header checks only; pixels stay unread)."""
+    try:
+        check_acceptable(ds)
+        check_pixel_header(ds)
+    except DicomIOError as e:
+        return e
+    except Exception as e:  # pydicom raises many types for corrupt headers
+        return DicomIOError("corrupt", f"{type(e).__name__}: {e}")
+    return None
+
+
+def receive(data: bytes, origin: str, calling_ae: str | None = None,
+            options: dict[str, Any] | None = None, dataset: Dataset | None = None) -> Received:
+    """Parse (unless ``dataset`` is ``data`` parsed already) and gate one object.
+
+    Raises:
+        DicomIOError: ``data`` is not a readable DICOM object.
+    """
+    ds = dataset if dataset is not None else read_dataset(data)
+    return Received(data, ds, origin, calling_ae, dict(options or {}), gate(ds))
 
 
 class Handoff:
-    """Objects just received, kept in memory for the worker that will read them.
+    """Objects just received, kept in memory for the worker that will process them.
 
-    The spool file stays the record (a worker that finds nothing here reads the file, and
-    so does recovery); this only saves reading back and parsing, under load, what is still
-    in memory. Bounded: beyond ``limit_bytes`` new objects are not kept.
+    The stored object stays the record (a worker that finds nothing here reads it back, and so
+    does recovery); this only saves reading back and parsing, under load, what is still in
+    memory. Bounded: beyond ``limit_bytes`` new objects are not kept.
     """
 
     def __init__(self, limit_bytes: int) -> None:
         self.limit_bytes = limit_bytes
-        self._items: dict[str, tuple[Dataset | bytes, int]] = {}
+        self._items: dict[str, tuple[Dataset, int]] = {}
         self._held = 0
         self._lock = threading.Lock()
 
-    def put(self, path: str, item: Dataset | bytes, size: int) -> bool:
+    def put(self, key: str, item: Dataset, size: int) -> bool:
         with self._lock:
-            if path in self._items or self._held + size > self.limit_bytes:
+            if key in self._items or self._held + size > self.limit_bytes:
                 return False
-            self._items[path] = (item, size)
+            self._items[key] = (item, size)
             self._held += size
             return True
 
-    def take(self, path: str) -> Dataset | bytes | None:
+    def take(self, key: str) -> Dataset | None:
         with self._lock:
-            found = self._items.pop(path, None)
+            found = self._items.pop(key, None)
             if found is None:
                 return None
             self._held -= found[1]
@@ -56,59 +118,129 @@ class Handoff:
         return self._held
 
 
+@dataclass
+class Work:
+    """A claimed job for a worker: its ticket, its data set when in memory, and the future of
+    the request that waits for it (``/score``)."""
+
+    ticket: Ticket
+    dataset: Dataset | None = None
+    future: Future | None = None
+
+
 class Intake:
-    def __init__(self, spool: Spool, queue: SqliteQueue, max_depth: int | None = None,
-                 wake: threading.Event | None = None, handoff: Handoff | None = None) -> None:
-        """``wake`` is set on every accepted object, ``handoff`` keeps it for the workers
-        (intakes feeding one worker pool share both)."""
-        self.spool = spool
+    """Stores, records and queues received objects; hands claimed work to the workers."""
+
+    def __init__(self, store: ObjectStore, queue: JobQueue, records: JobRecords, *,
+                 handoff: Handoff | None = None, purge: bool = True) -> None:
+        self.store = store
         self.queue = queue
-        self.max_depth = max_depth
-        self.wake = wake if wake is not None else threading.Event()
+        self.records = records
         self.handoff = handoff if handoff is not None else Handoff(0)
+        self.purge = purge
+        self.wake = threading.Event()
+        self._lane: deque[Work] = deque()
+        self._lane_lock = threading.Lock()
 
-    def accept(self, data: bytes, sop_instance_uid: str | None, calling_ae: str | None,
-               origin: str, options: dict | None = None, dataset: Dataset | None = None,
-               durable: bool = True) -> int:
-        """Store ``data`` (a DICOM Part 10 file) durably and queue it; return the job id.
+    def depth(self) -> int:
+        return self.queue.depth() + len(self._lane)
 
-        ``options`` (``explain``: method, ``dicom``: build result objects) override the
-        node's defaults for this job. ``dataset``: ``data`` as the caller parsed it (the
-        worker then skips reading and parsing it again). ``durable`` false: not fsynced, for
-        a caller whose acknowledgement is the result itself (``/score``); a crash before
-        the answer then loses nothing the caller was told had succeeded.
+    def _check_depth(self, max_depth: int | None) -> None:
+        if max_depth is not None and self.depth() >= max_depth:
+            raise QueueFullError(f"queue full ({max_depth} jobs waiting)")
+
+    def accept(self, received: Received, max_depth: int | None = None) -> int:
+        """Store ``received`` durably, record its job and queue it; return the job id.
 
         Raises:
             SpoolFullError: no room; nothing was written.
-            QueueFullError: the queue holds ``max_depth`` jobs; nothing was written.
+            QueueFullError: ``max_depth`` jobs are waiting; nothing was written.
         """
-        if self.max_depth is not None and self.queue.depth() >= self.max_depth:
-            raise QueueFullError(f"queue full ({self.max_depth} jobs waiting)")
-        path = self.spool.store_incoming(data, durable)
-        # Before the job exists: a worker claiming it at once must find it here, and nothing
-        # may stay here for a job no worker will load.
-        self.handoff.put(str(path), dataset if dataset is not None else data, len(data))
+        self._check_depth(max_depth)
+        key = self.store.put(INCOMING, received.data)
+        job_id = None
         try:
-            job_id = self.queue.enqueue(str(path), sop_instance_uid, calling_ae, origin,
-                                        options)
+            uid, outcome = received.sop_instance_uid, received.outcome()
+            job_id = self.records.open(key, uid, received.calling_ae, received.origin,
+                                       received.options, outcome)
+            if outcome is not None:
+                logger.info("received %s from %s as job %d: %s", uid,
+                            received.calling_ae or "-", job_id, outcome)
+                if self.purge:
+                    self.store.delete(key)
+                return job_id
+            # Before the ticket exists: a worker claiming it at once must find it here.
+            self.handoff.put(key, received.dataset, len(received.data))
+            self.queue.put(Ticket(job_id, key, uid, received.calling_ae, received.origin,
+                                  received.options))
         except BaseException:
-            self.handoff.take(str(path))
-            self.spool.remove(path)
+            self.handoff.take(key)
+            self.store.delete(key)
+            if job_id is not None:
+                self.records.close(job_id, JobOutcome("failed", "not-stored",
+                                                      "refused while being stored"))
             raise
-        logger.info("received %s from %s as job %d (%s)", sop_instance_uid, calling_ae or "-",
-                    job_id, origin)
+        logger.info("received %s from %s as job %d (%s)", uid, received.calling_ae or "-",
+                    job_id, received.origin)
         self.wake.set()
         return job_id
 
+    def submit(self, received: Received, max_depth: int | None = None) -> tuple[int, Future]:
+        """Queue ``received`` in memory for the workers; its job id and the future of its
+        ``(JobOutcome, result)``. The gate's refusal is raised, not queued."""
+        if received.verdict is not None:
+            raise received.verdict
+        self._check_depth(max_depth)
+        uid = received.sop_instance_uid
+        job_id = self.records.open(None, uid, received.calling_ae, received.origin,
+                                   received.options)
+        future: Future = Future()
+        work = Work(Ticket(job_id, None, uid, received.calling_ae, received.origin,
+                           received.options), received.dataset, future)
+        with self._lane_lock:
+            self._lane.append(work)
+        self.wake.set()
+        return job_id, future
+
+    def claim(self, limit: int) -> list[Work]:
+        """Up to ``limit`` jobs: those in memory first, then queued tickets."""
+        with self._lane_lock:
+            work = [self._lane.popleft() for _ in range(min(limit, len(self._lane)))]
+        if len(work) < limit:
+            work += [Work(t, self.handoff.take(t.key) if t.key else None)
+                     for t in self.queue.claim(limit - len(work))]
+        return work
+
     def recover(self) -> int:
-        """Queue objects that reached the spool but not the queue (crash between the two)."""
-        known = self.queue.known_paths()
+        """At start: leases of a process that is gone, jobs recorded but not queued, and
+        objects stored but not recorded (a crash between the steps) are queued again;
+        ``/score`` jobs cut off are closed as failed. How many were queued."""
+        self.queue.recover()
         count = 0
-        for path in sorted(self.spool.incoming.glob("*.dcm")):
-            if str(path) not in known:
-                self.queue.enqueue(str(path), None, None, "recovered")
+        for job in self.records.open_jobs():
+            if job.key is None:
+                self.records.close(job.id, JobOutcome("failed", "interrupted",
+                                                      "the node stopped before answering"))
+            else:
+                self.queue.put(job.ticket())
                 count += 1
-        count += self.queue.recover()
+        known = self.records.known_keys()
+        for key in self.store.keys(INCOMING):
+            if key not in known:
+                try:
+                    received = receive(self.store.get(key), "recovered")
+                except DicomIOError as e:
+                    received = None
+                    self.records.open(key, None, None, "recovered", None,
+                                      JobOutcome("failed", e.code, e.reason))
+                if received is not None:
+                    outcome = received.outcome()
+                    job_id = self.records.open(key, received.sop_instance_uid, None,
+                                               "recovered", None, outcome)
+                    if outcome is None:
+                        self.queue.put(Ticket(job_id, key, received.sop_instance_uid, None,
+                                              "recovered"))
+                        count += 1
         if count:
             self.wake.set()
         return count

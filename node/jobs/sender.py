@@ -1,4 +1,6 @@
-"""The sender: delivers result objects by C-STORE, with retries and exponential backoff."""
+"""The sender: delivers result objects by C-STORE or STOW-RS, with retries and exponential
+backoff. Each delivery record names its object's key, SOP class and transfer syntax, so
+nothing is read back before it is sent."""
 
 from __future__ import annotations
 
@@ -8,10 +10,11 @@ import time
 from collections import defaultdict
 from pathlib import Path
 
-from node.dimse.scu import send_files
+from node.dimse.scu import Outgoing, send_files
 from node.http.stow_client import stow_files
-from node.jobs.queue import Delivery, SqliteQueue
-from node.jobs.storage import Spool
+from node.jobs.model import Delivery
+from node.jobs.records import JobRecords
+from node.jobs.storage import ObjectStore
 from node.metrics import DELIVERIES
 from node.settings import Peer, Settings
 
@@ -26,12 +29,12 @@ def backoff(settings: Settings, attempts: int) -> float | None:
 
 
 class Sender(threading.Thread):
-    def __init__(self, settings: Settings, queue: SqliteQueue, spool: Spool,
+    def __init__(self, settings: Settings, records: JobRecords, store: ObjectStore,
                  stop: threading.Event) -> None:
         super().__init__(name="sender", daemon=True)
         self.settings = settings
-        self.queue = queue
-        self.spool = spool
+        self.records = records
+        self.store = store
         self.stop_event = stop
         self.wake = threading.Event()
 
@@ -43,11 +46,11 @@ class Sender(threading.Thread):
                     self.wake.clear()
             except Exception:
                 logger.exception("sender loop failed; continuing")
-                time.sleep(1)
+                self.stop_event.wait(1)
 
     def send_due(self, limit: int = 64) -> int:
         """Send what is due now, one association per destination; return how many tried."""
-        due = self.queue.due_deliveries(time.time(), limit)
+        due = self.records.due_deliveries(time.time(), limit)
         by_destination: dict[str, list[Delivery]] = defaultdict(list)
         for d in due:
             by_destination[d.destination].append(d)
@@ -58,24 +61,26 @@ class Sender(threading.Thread):
         return len(due)
 
     def _send(self, destination: str, items: list[Delivery]) -> None:
-        by_path = {Path(d.path): d for d in items}
+        by_path: dict[Path, Delivery] = {self.store.local_path(d.key): d for d in items}
         timeout = self.settings.network_timeout_s
         if destination.startswith(("http://", "https://")):
             results = stow_files(destination, list(by_path), timeout)
         else:
-            results = send_files(Peer.parse(destination), list(by_path), self.settings.ae_title,
+            outgoing = [Outgoing(p, d.sop_class_uid, d.transfer_syntax_uid)
+                        for p, d in by_path.items()]
+            results = send_files(Peer.parse(destination), outgoing, self.settings.ae_title,
                                  timeout=timeout)
         for path, error in results:
             d = by_path[path]
             DELIVERIES.labels("sent" if error is None else "failed").inc()
             if error is None:
-                self.queue.delivered(d.id)
+                self.records.delivered(d.id)
                 logger.info("delivered %s to %s", d.sop_instance_uid, destination)
                 self._purge(d)
                 continue
             wait = backoff(self.settings, d.attempts + 1)
             next_try = None if wait is None else time.time() + wait
-            self.queue.delivery_failed(d.id, error, next_try)
+            self.records.delivery_failed(d.id, error, next_try)
             if next_try is None:
                 logger.error("giving up on %s to %s after %d attempts: %s",
                              d.sop_instance_uid, destination, d.attempts + 1, error)
@@ -86,9 +91,9 @@ class Sender(threading.Thread):
     def _purge(self, d: Delivery) -> None:
         if not self.settings.purge_delivered:
             return
-        if not self.queue.path_needed(d.path):
-            self.spool.remove(Path(d.path))
-        if self.queue.unsent_deliveries(d.job_id) == 0:
-            job = self.queue.job(d.job_id)
-            if job is not None:
-                self.spool.remove(Path(job.path))
+        if not self.records.key_needed(d.key):
+            self.store.delete(d.key)
+        if self.records.unsent_deliveries(d.job_id) == 0:
+            job = self.records.job(d.job_id)
+            if job is not None and job.key is not None:
+                self.store.delete(job.key)

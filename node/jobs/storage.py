@@ -1,9 +1,13 @@
-"""The spool: received objects written durably before they are acknowledged.
+"""Object storage: where received objects and results are kept, by key.
 
-Layout under the spool root: ``incoming/`` (objects as received), ``outbox/`` (result
-objects waiting for delivery), ``queue.sqlite3`` (the job queue), ``tmp/`` (partial writes).
-A write is: temp file in ``tmp/``, ``fsync``, rename into place, ``fsync`` of the folder. A
-reader never sees half a file, and a file that is in place survives a crash or power loss.
+:class:`ObjectStore` is what the jobs layer needs of it; :class:`SpoolStore` is the embedded
+default, a folder (a local disk, or a POSIX share such as NFS that several machines mount).
+A key is ``AREA/NAME`` (``incoming/<uuid>.dcm``, ``outbox/<uid>.dcm``), the same on every
+machine that shares the store: records and tickets carry keys, never paths.
+
+A durable write is: temp file in ``tmp/``, ``fsync``, rename into place, ``fsync`` of the
+folder. A reader never sees half a file, and a file that is in place survives a crash or
+power loss.
 """
 
 from __future__ import annotations
@@ -14,13 +18,49 @@ import os
 import shutil
 import threading
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Protocol
+
+from node.core.errors import OutOfResourcesError
 
 logger = logging.getLogger(__name__)
 
+INCOMING = "incoming"
+OUTBOX = "outbox"
+AREAS = (INCOMING, OUTBOX)
 
-class SpoolFullError(OSError):
+
+class SpoolFullError(OutOfResourcesError, OSError):
     """No room: the disk is (nearly) full or the spool quota is reached."""
+
+    def __init__(self, code: int, message: str) -> None:
+        OSError.__init__(self, code, message)
+
+    def __str__(self) -> str:
+        return str(self.strerror)
+
+
+class ObjectStore(Protocol):
+    """Keyed, durable object storage shared by every role of the node."""
+
+    def put(self, area: str, data: bytes, name: str | None = None,
+            durable: bool = True) -> str:
+        """Store ``data`` under ``area`` (a new unique name unless ``name``); its key.
+        Raises :class:`SpoolFullError` with nothing written when there is no room."""
+        ...
+
+    def get(self, key: str) -> bytes: ...
+
+    def local_path(self, key: str) -> Path:
+        """A file on this machine holding the object (to stream it to a peer)."""
+        ...
+
+    def delete(self, key: str) -> None:
+        """Remove the object; nothing happens when it is gone already."""
+        ...
+
+    def keys(self, area: str) -> Iterator[str]: ...
 
 
 def _fsync_dir(path: Path) -> None:
@@ -31,26 +71,28 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-class Spool:
-    """Durable file storage with a size quota and a free-space floor."""
+class SpoolStore:
+    """:class:`ObjectStore` in a folder, with a size quota and a free-space floor."""
 
-    def __init__(self, root: Path, quota_bytes: int | None = None, min_free_bytes: int = 0):
+    def __init__(self, root: Path, quota_bytes: int | None = None,
+                 min_free_bytes: int = 0) -> None:
         self.root = Path(root)
-        self.incoming = self.root / "incoming"
-        self.outbox = self.root / "outbox"
         self.tmp = self.root / "tmp"
-        for folder in (self.incoming, self.outbox, self.tmp):
+        for folder in (*(self.root / a for a in AREAS), self.tmp):
             folder.mkdir(parents=True, exist_ok=True)
         for leftover in self.tmp.iterdir():  # partial writes of a crashed run
             leftover.unlink(missing_ok=True)
         self.quota_bytes = quota_bytes
         self.min_free_bytes = min_free_bytes
         self._lock = threading.Lock()
-        self._used = sum(f.stat().st_size for f in self.root.rglob("*.dcm") if f.is_file())
+        self._used = sum(f.stat().st_size for a in AREAS for f in (self.root / a).glob("*")
+                         if f.is_file())
 
-    @property
-    def used_bytes(self) -> int:
-        return self._used
+    def local_path(self, key: str) -> Path:
+        area, _, name = key.partition("/")
+        if area not in AREAS or not name or "/" in name or name.startswith("."):
+            raise ValueError(f"storage key {key!r} is not AREA/NAME")
+        return self.root / area / name
 
     def check_room(self, size: int) -> None:
         """Raise :class:`SpoolFullError` unless ``size`` more bytes fit."""
@@ -60,13 +102,14 @@ class Spool:
         if free - size < self.min_free_bytes:
             raise SpoolFullError(errno.ENOSPC, f"disk nearly full ({free} bytes free)")
 
-    def write(self, folder: Path, name: str, data: bytes, durable: bool = True) -> Path:
-        """Write ``data`` as ``folder/name``, durably (fsynced) unless ``durable`` is false;
-        nothing is left behind on failure."""
+    def put(self, area: str, data: bytes, name: str | None = None,
+            durable: bool = True) -> str:
+        """Write ``data`` as ``area/name``, fsynced unless ``durable`` is false (for a caller
+        whose answer is its acknowledgement); nothing is left behind on failure."""
+        key = f"{area}/{name or uuid.uuid4().hex + '.dcm'}"
+        final = self.local_path(key)
         self.check_room(len(data))
-        folder.mkdir(parents=True, exist_ok=True)
         tmp = self.tmp / f"{uuid.uuid4().hex}.part"
-        final = folder / name
         try:
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o640)
             try:
@@ -80,7 +123,7 @@ class Spool:
                 os.close(fd)
             os.replace(tmp, final)
             if durable:
-                _fsync_dir(folder)
+                _fsync_dir(final.parent)
         except OSError as e:
             tmp.unlink(missing_ok=True)
             if e.errno in (errno.ENOSPC, errno.EDQUOT):
@@ -88,13 +131,13 @@ class Spool:
             raise
         with self._lock:
             self._used += len(data)
-        return final
+        return key
 
-    def store_incoming(self, data: bytes, durable: bool = True) -> Path:
-        """Store one received object under a new unique name."""
-        return self.write(self.incoming, f"{uuid.uuid4().hex}.dcm", data, durable)
+    def get(self, key: str) -> bytes:
+        return self.local_path(key).read_bytes()
 
-    def remove(self, path: Path) -> None:
+    def delete(self, key: str) -> None:
+        path = self.local_path(key)
         try:
             size = path.stat().st_size
             path.unlink()
@@ -102,3 +145,7 @@ class Spool:
             return
         with self._lock:
             self._used -= size
+
+    def keys(self, area: str) -> Iterator[str]:
+        for path in sorted((self.root / area).glob("*.dcm")):
+            yield f"{area}/{path.name}"

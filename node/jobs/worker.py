@@ -1,47 +1,47 @@
-"""Workers: take jobs from the queue in micro-batches, run the pipeline, fill the outbox."""
+"""Workers: claim jobs in micro-batches, run the core, store results, then acknowledge.
+
+A job's ticket is acknowledged only once its record is closed and its results are stored
+(pika's manual acknowledgement: after the work's result is durable).
+"""
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
-import time
-from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
+from concurrent.futures import InvalidStateError, ThreadPoolExecutor
 
-from pydicom.dataset import Dataset
+from pydicom.uid import ExplicitVRLittleEndian
 
-from dicom_io import DeclinedError, DicomIOError, from_dataset, read_dataset
+from dicom_io import DicomIOError, from_dataset, read_dataset
 from domain import SourceImage
 from inference import Scored
 from node.core.memory import trim
 from node.core.pipeline import Outcome, Pipeline
-from node.jobs.intake import Intake
-from node.jobs.queue import Job, SqliteQueue
-from node.jobs.storage import Spool, SpoolFullError
+from node.jobs.intake import Intake, Work
+from node.jobs.model import JobOutcome, ResultObject
+from node.jobs.storage import OUTBOX, SpoolFullError
 from node.metrics import BATCH_SIZE, JOBS
 from node.settings import Settings
 
 logger = logging.getLogger(__name__)
 
-#: Called with (job, final state, outcome or None, reason or None) when a job is closed.
-Listener = Callable[[Job, str, "Outcome | None", "str | None"], None]
-
+#: Seconds before a job whose results found no room is tried again.
+NO_ROOM_RETRY_S = 5.0
 
 
 class Worker(threading.Thread):
     """Claims up to ``batch_size`` jobs, waiting at most ``max_queue_delay`` to fill a batch."""
 
     def __init__(self, name: str, settings: Settings, intake: Intake, pipeline: Pipeline,
-                 stop: threading.Event, listeners: list[Listener]) -> None:
+                 stop: threading.Event) -> None:
         super().__init__(name=name, daemon=True)
         self.settings = settings
         self.intake = intake
-        self.queue: SqliteQueue = intake.queue
-        self.spool: Spool = intake.spool
+        self.records = intake.records
+        self.store = intake.store
         self.pipeline = pipeline
         self.stop_event = stop
-        self.listeners = listeners
         self.decoder = ThreadPoolExecutor(max_workers=2, thread_name_prefix=f"{name}-decode")
 
     def run(self) -> None:
@@ -50,110 +50,113 @@ class Worker(threading.Thread):
         used = False  # memory freed since the last trim
         while not self.stop_event.is_set():
             try:
-                jobs = self.queue.claim(size)
-                if not jobs:
+                work = self.intake.claim(size)
+                if not work:
                     if used:  # idle: give the freed pages of the last batches back
                         trim()
                         used = False
                     self.intake.wake.wait(0.5)
                     self.intake.wake.clear()
                     continue
-                if len(jobs) < size and delay > 0:
-                    time.sleep(delay)
-                    jobs += self.queue.claim(size - len(jobs))
+                if len(work) < size and delay > 0:
+                    self.stop_event.wait(delay)
+                    work += self.intake.claim(size - len(work))
                 used = True
-                self.process(jobs)
+                self.process(work)
             except Exception:  # the worker never dies; the jobs stay for recovery
                 logger.exception("worker %s: batch failed", self.name)
-                time.sleep(1)
+                self.stop_event.wait(1)
         self.decoder.shutdown(wait=False)
 
-    def _load(self, job: Job) -> SourceImage | DicomIOError:
+    def _load(self, work: Work) -> SourceImage | DicomIOError:
         try:
-            held = self.intake.handoff.take(job.path)
-            if held is None:
-                held = Path(job.path)
-            ds = held if isinstance(held, Dataset) else read_dataset(held)
-            return from_dataset(ds, name=f"job {job.id}")
+            ds = work.dataset
+            if ds is None:
+                ds = read_dataset(self.store.get(work.ticket.key))
+            work.dataset = None  # the pixels are let go once decoded
+            return from_dataset(ds, name=f"job {work.ticket.job_id}")
         except DicomIOError as e:
             return e
         except Exception as e:
             return DicomIOError("corrupt", f"{type(e).__name__}: {e}")
 
-    def _notify(self, job: Job, state: str, outcome: Outcome | None, reason: str | None):
-        JOBS.labels(job.origin, state).inc()
-        for listener in self.listeners:
-            try:
-                listener(job, state, outcome, reason)
-            except Exception:
-                logger.exception("listener failed for job %d", job.id)
+    def close(self, work: Work, outcome: JobOutcome, result: Outcome | None = None,
+              deliveries: list = ()) -> None:
+        """Record how ``work`` ended, then acknowledge its ticket and answer its waiter."""
+        ticket = work.ticket
+        self.records.close(ticket.job_id, outcome, deliveries)
+        if ticket.key is not None:
+            self.intake.queue.ack(ticket.job_id)
+            if self.settings.purge_delivered and not deliveries:
+                self.store.delete(ticket.key)
+        JOBS.labels(ticket.origin, outcome.state).inc()
+        logger.info("job %d %s", ticket.job_id, outcome)
+        if work.future is not None:
+            with contextlib.suppress(InvalidStateError):  # its request gave up waiting
+                work.future.set_result((outcome, result))
 
-    def _close(self, job: Job, state: str, reason: str) -> None:
-        self.queue.finish(job.id, state, reason)
-        if self.settings.purge_delivered:
-            self.spool.remove(Path(job.path))
-        logger.info("job %d %s: %s", job.id, state, reason)
-        self._notify(job, state, None, reason)
-
-    def process(self, jobs: list[Job]) -> None:
-        loaded = list(self.decoder.map(self._load, jobs))
-        good: list[tuple[Job, SourceImage]] = []
-        for job, item in zip(jobs, loaded, strict=True):
-            if isinstance(item, DeclinedError):
-                self._close(job, "skipped", f"{item.code}: {item.reason}")
-            elif isinstance(item, DicomIOError):
-                self._close(job, "failed", f"{item.code}: {item.reason}")
+    def process(self, work: list[Work]) -> None:
+        self.records.started([w.ticket.job_id for w in work])
+        loaded = list(self.decoder.map(self._load, work))
+        good: list[tuple[Work, SourceImage]] = []
+        for item, image in zip(work, loaded, strict=True):
+            if isinstance(image, DicomIOError):
+                self.close(item, JobOutcome("failed", image.code, image.reason))
             else:
-                good.append((job, item))
+                good.append((item, image))
         if not good:
             return
         BATCH_SIZE.observe(len(good))
-        scored = self.pipeline.score([image for _, image in good])
+        try:
+            scored = self.pipeline.score([image for _, image in good])
+        except Exception as e:
+            logger.exception("scoring a batch failed")
+            for item, _ in good:
+                self.close(item, JobOutcome("failed", "internal", type(e).__name__))
+            return
         # Each image (full-size pixels) and its results are let go as soon as it is done, not
         # at the end of the batch.
-        pending = [(job, one) for (job, _), one in zip(good, scored, strict=True)][::-1]
+        pending = [(item, one) for (item, _), one in zip(good, scored, strict=True)][::-1]
         del loaded, good, scored
         while pending:
             self._complete(*pending.pop())
 
-    def _complete(self, job: Job, scored: Scored) -> None:
+    def _complete(self, work: Work, scored: Scored) -> None:
         try:
-            options = job.options or {}
-            outcome = self.pipeline.complete(scored, method=options.get("explain"),
-                                             build_dicom=options.get("dicom", True))
-            self._deliver(job, outcome)
+            options = work.ticket.options
+            result = self.pipeline.complete(scored, method=options.get("explain"),
+                                            build_dicom=options.get("dicom", True))
+            self.close(work, JobOutcome.done(), result, self._store_results(work, result))
         except SpoolFullError as e:
-            logger.error("job %d: outbox full (%s); will retry", job.id, e.strerror)
-            self.queue.requeue(job.id, f"outbox full: {e.strerror}")
-            time.sleep(5)
+            logger.error("job %d: no room for its results (%s); retry in %.0f s",
+                         work.ticket.job_id, e, NO_ROOM_RETRY_S)
+            self.records.requeued(work.ticket.job_id, f"no room for results: {e}")
+            self.intake.queue.retry_later(work.ticket, NO_ROOM_RETRY_S)
         except Exception as e:
-            logger.exception("job %d failed", job.id)
-            self.queue.finish(job.id, "failed", f"internal error: {type(e).__name__}: {e}")
-            self._notify(job, "failed", None, f"internal error: {type(e).__name__}")
+            logger.exception("job %d failed", work.ticket.job_id)
+            self.close(work, JobOutcome("failed", "internal", type(e).__name__))
 
-    def destinations(self, job: Job) -> list[str]:
-        """DIMSE and DICOMweb destinations of a job's results (none for HTTP scoring)."""
-        if job.origin == "http":
+    def destinations(self, work: Work) -> list[str]:
+        """DIMSE and DICOMweb destinations of a job's results (none for ``/score``)."""
+        if work.ticket.key is None:
             return []
         out = list(self.settings.destinations) + list(self.settings.dicomweb_destinations)
-        if job.calling_ae:
-            peer = self.settings.peer_for(job.calling_ae)
+        calling = work.ticket.calling_ae
+        if calling:
+            peer = self.settings.peer_for(calling)
             if peer is not None and str(peer) not in out:
                 out.append(str(peer))
         return out
 
-    def _deliver(self, job: Job, outcome: Outcome) -> None:
-        destinations = self.destinations(job)
-        items: list[tuple[str, str, str]] = []
-        if destinations:
-            for kind, ds in outcome.objects.items():
-                uid = str(ds.SOPInstanceUID)
-                data = outcome.results.part10(kind)
-                path = self.spool.write(self.spool.outbox, f"{uid}.dcm", data)
-                items += [(d, str(path), uid) for d in destinations]
-        self.queue.finish(job.id, "done", None, items)
-        if not destinations and self.settings.purge_delivered:
-            self.spool.remove(Path(job.path))
-        logger.info("job %d done: %d result object(s) for %d destination(s)", job.id,
-                    len(outcome.objects), len(destinations))
-        self._notify(job, "done", outcome, None)
+    def _store_results(self, work: Work, result: Outcome) -> list[tuple[str, ResultObject]]:
+        destinations = self.destinations(work)
+        if not destinations or result.results is None:
+            return []
+        items: list[tuple[str, ResultObject]] = []
+        for kind, ds in result.results.items():
+            uid = str(ds.SOPInstanceUID)
+            key = self.store.put(OUTBOX, result.results.part10(kind), name=f"{uid}.dcm")
+            obj = ResultObject(key, uid, str(ds.SOPClassUID), ExplicitVRLittleEndian)
+            items += [(d, obj) for d in destinations]
+        return items
+

@@ -4,12 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
-import signal
-import socket
 import subprocess
-import sys
-import time
 import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -17,33 +12,11 @@ from pathlib import Path
 
 import pydicom
 
+from node.bench import harness
+from node.bench.harness import free_port, stop_process, wait_port, wait_until
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def wait_port(port: int, timeout: float = 60, proc: subprocess.Popen | None = None) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc is not None and proc.poll() is not None:
-            raise RuntimeError(f"process exited with {proc.returncode} before port {port} opened")
-        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.5):
-            return
-        time.sleep(0.1)
-    raise TimeoutError(f"port {port} did not open in {timeout} s")
-
-
-def stop_process(proc: subprocess.Popen, sig: int = signal.SIGTERM, timeout: float = 30) -> int:
-    if proc.poll() is None:
-        proc.send_signal(sig)
-        try:
-            proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-    return int(proc.returncode)
+__all__ = ["Certificates", "NodeProcess", "Orthanc", "Receiver", "dciodvfy_errors", "free_port",
+           "running", "stop_process", "storescu", "wait_port", "wait_until"]
 
 
 @dataclass
@@ -87,81 +60,31 @@ class Receiver:
 
     def wait_for(self, count: int, timeout: float = 120) -> list[pydicom.Dataset]:
         """Wait until ``count`` distinct SOP instances have arrived."""
-        deadline = time.monotonic() + timeout
-        while True:
+
+        def arrived() -> list[pydicom.Dataset] | None:
             got = self.received()
-            if len({str(ds.SOPInstanceUID) for ds in got}) >= count:
-                return got
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"{len(got)} object(s) of {count} arrived in {timeout} s")
-            time.sleep(0.25)
+            return got if len({str(ds.SOPInstanceUID) for ds in got}) >= count else None
+
+        try:
+            return wait_until(arrived, timeout, 0.25, f"{count} object(s) to arrive")
+        except TimeoutError:
+            raise TimeoutError(f"{len(self.received())} object(s) of {count} arrived in "
+                               f"{timeout} s") from None
 
 
 @dataclass
-class NodeProcess:
-    """``cxr-node serve`` as a real process on free ports."""
+class NodeProcess(harness.NodeProcess):
+    """``cxr-node serve`` as a real process on free ports (the bench's harness), logging with
+    ``-v``, retrying deliveries soon; ``start`` also waits for a background ONNX export to end,
+    so every test sees one backend."""
 
-    spool: Path
-    model: Path
-    destinations: list[str]
-    explain: str = "gradcam"
-    ae_title: str = "CXRNODE"
-    extra: tuple[str, ...] = ()
-    env: dict[str, str] | None = None
-    dicom_port: int = 0
-    http_port: int = 0
-    proc: subprocess.Popen | None = None
-    log: Path | None = None
+    serve_args = ("--retry-initial-s", "0.5")
+    verbose: bool = True
 
     def start(self, timeout: float = 120) -> NodeProcess:
-        if not self.dicom_port:
-            self.dicom_port = free_port()
-        if not self.http_port:
-            self.http_port = free_port()
-        exe = Path(sys.executable).with_name("cxr-node")
-        cmd = [str(exe), "-v", "serve", "--bind", "127.0.0.1",
-               "--dicom-port", str(self.dicom_port), "--http-port", str(self.http_port),
-               "--ae-title", self.ae_title, "--model", str(self.model),
-               "--spool", str(self.spool), "--explain", self.explain,
-               "--retry-initial-s", "0.5", *self.extra]
-        for d in self.destinations:
-            cmd += ["--destination", d]
-        self.log = self.spool.parent / f"{self.spool.name}-node.log"
-        log = self.log.open("ab")
-        env = {**os.environ, "PYTHONUNBUFFERED": "1", **(self.env or {})}
-        self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
-        wait_port(self.dicom_port, timeout, self.proc)
-        wait_port(self.http_port, timeout, self.proc)
+        super().start(timeout)
         self.wait_fast_path(timeout)
         return self
-
-    def wait_fast_path(self, timeout: float = 120) -> None:
-        """Wait for a background ONNX export to end, so every test sees one backend."""
-        deadline = time.monotonic() + timeout
-        while "exporting the model to ONNX in the background" in self.log_text():
-            text = self.log_text()
-            if any(end in text for end in ("prediction by ONNX Runtime", "predicting with PyTorch",
-                                           "ONNX fast path failed")):
-                return
-            assert self.proc is not None and self.proc.poll() is None, text[-3000:]
-            if time.monotonic() > deadline:
-                raise TimeoutError("the ONNX export never ended:\n" + text[-3000:])
-            time.sleep(0.2)
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.http_port}"
-
-    def kill9(self) -> None:
-        assert self.proc is not None
-        self.proc.kill()
-        self.proc.wait()
-
-    def stop(self) -> int:
-        return stop_process(self.proc) if self.proc is not None else 0
-
-    def log_text(self) -> str:
-        return self.log.read_text(errors="replace") if self.log and self.log.exists() else ""
 
 
 def storescu(port: int, files: list[Path], called: str = "CXRNODE", calling: str = "MODALITY",

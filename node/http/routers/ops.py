@@ -29,20 +29,11 @@ async def readyz(request: Request) -> JSONResponse:
 
 @router.get("/metrics", summary="Prometheus metrics", dependencies=[Depends(require_token)])
 async def metrics(request: Request) -> Response:
-    QUEUE_DEPTH.set(get_node(request).queue.depth())
+    QUEUE_DEPTH.set(get_node(request).intake.depth())
     return Response(generate_latest(REGISTRY), media_type=CONTENT_TYPE_LATEST)
 
 
 @router.get("/jobs", summary="queue counts and failed items",
             dependencies=[Depends(require_token)])
 async def jobs(request: Request) -> dict:
-    queue = get_node(request).queue
-    failed_jobs, failed_deliveries = queue.failed()
-    return {
-        "counts": queue.counts(),
-        "failed_jobs": [{"id": j.id, "state": j.state, "reason": j.reason,
-                         "sop_instance_uid": j.sop_instance_uid} for j in failed_jobs],
-        "failed_deliveries": [{"id": d.id, "destination": d.destination,
-                               "sop_instance_uid": d.sop_instance_uid, "attempts": d.attempts,
-                               "reason": d.reason} for d in failed_deliveries],
-    }
+    return get_node(request).intake.records.failed_document()

@@ -1,24 +1,28 @@
 """``POST /score``: one radiograph in, the model's result out, synchronously.
 
-The image goes through the node's queue and batching worker like any other; only the answer
-comes back on the same connection.
+The upload is parsed and gated once (:func:`node.jobs.intake.receive`), then handed to the
+workers in memory: it shares their micro-batches, leaves a job record, and is never spooled
+(its answer is its acknowledgement).
 """
 
 from __future__ import annotations
 
 import asyncio
-from typing import Literal
+from typing import Annotated
 
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import JSONResponse, Response
-from pydicom.dataset import Dataset
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 
-from node.core.scoring import score_document, validate_upload
-from node.http.deps import body_limit, get_node, read_body, require_token
+from domain import ExplainChoice
+from node.core.errors import JobFailedError
+from node.core.pipeline import Outcome
+from node.core.scoring import score_document
+from node.http.deps import body_limit, get_node, read_body, replay, require_token
 from node.http.errors import ApiError
 from node.http.multipart import build_related
+from node.jobs.intake import receive
 
 router = APIRouter(tags=["scoring"], dependencies=[Depends(require_token)])
 
@@ -29,16 +33,17 @@ async def upload_bytes(request: Request) -> bytes:
     """The DICOM file of a request: the raw body, or multipart form field ``image``."""
     content_type = request.headers.get("content-type", "").lower()
     if content_type.startswith("multipart/form-data"):
-        await read_body(request)  # enforce the size limit before parsing the form
-        form = await request.form(max_files=1, max_fields=8, max_part_size=body_limit(request))
+        body = await read_body(request)  # the size limit holds before the form is parsed
+        form = await replay(request, body).form(max_files=1, max_fields=8,
+                                                max_part_size=body_limit(request))
         image = form.get("image")
         if not isinstance(image, UploadFile):
             raise ApiError(422, "invalid-request", "multipart form field 'image' is missing")
         return await image.read()
     if content_type.split(";")[0].strip() not in DICOM_TYPES:
         raise ApiError(415, "unsupported-media-type",
-                          f"Content-Type {content_type or 'absent'}: send application/dicom or "
-                          "multipart/form-data with field 'image'")
+                       f"Content-Type {content_type or 'absent'}: send application/dicom or "
+                       "multipart/form-data with field 'image'")
     return await read_body(request)
 
 
@@ -65,48 +70,41 @@ DICOM_BODY = {"requestBody": {"required": True, "content": {
 )
 async def score(
     request: Request,
-    explain: Literal["none", "gradcam", "gradcampp", "shap"] = Query(
-        "none", description="add a heat map (base64 PNG overlay) with this method"),
+    explain: Annotated[ExplainChoice, Query(
+        description="add a heat map (base64 PNG overlay) with this method")] = "none",
 ) -> Response:
     node = get_node(request)
     data = await upload_bytes(request)
-    ds = await run_in_threadpool(validate_upload, data)
     dicom = wants_dicom(request.headers.get("accept", ""))
-    closed = await node_score(node, data, ds, {"explain": explain, "dicom": dicom})
+    result = await node_score(node, data, {"explain": explain, "dicom": dicom})
     if dicom:
-        body, content_type = await run_in_threadpool(_related, closed.outcome)
+        body, content_type = await run_in_threadpool(_related, result)
         return Response(body, media_type=content_type)
-    document = await run_in_threadpool(score_document, node.model, closed.outcome,
-                                       explain != "none")
+    document = await run_in_threadpool(score_document, node.model, result, explain != "none")
     return JSONResponse(document)
 
 
-def _related(outcome) -> tuple[bytes, str]:
+def _related(result: Outcome) -> tuple[bytes, str]:
     """The result objects as one multipart/related body of application/dicom parts."""
-    results = outcome.results
+    results = result.results
     return build_related([results.part10(kind) for kind, _ in results.items()]
                          if results is not None else [])
 
 
-async def node_score(node, data: bytes, ds: Dataset, options: dict):
-    """Queue ``data`` (parsed: ``ds``) for scoring and wait for its outcome (ApiError when
-    not done)."""
-    # Not fsynced: the answer is the acknowledgement, and it comes only with the result.
-    job_id = await run_in_threadpool(node.http_intake.accept, data, str(ds.SOPInstanceUID),
-                                     None, "http", options, ds, False)
-    future = node.jobs.waiters.wait_for(job_id)
+def _submit(node, data: bytes, options: dict):
+    received = receive(data, "http", None, options)
+    return node.intake.submit(received, node.settings.max_queue_depth)
+
+
+async def node_score(node, data: bytes, options: dict) -> Outcome:
+    """Parse and gate ``data``, have the workers score it, and wait for the result (a domain
+    error when the job did not end ``done``)."""
+    job_id, future = await run_in_threadpool(_submit, node, data, options)
+    timeout = node.settings.score_timeout_s
     try:
-        closed = await asyncio.wait_for(asyncio.wrap_future(future),
-                                        node.settings.score_timeout_s)
+        outcome, result = await asyncio.wait_for(asyncio.wrap_future(future), timeout)
     except TimeoutError:
-        node.jobs.waiters.forget(job_id)
-        raise ApiError(504, "timeout", f"no result within {node.settings.score_timeout_s} s; "
-                          f"job {job_id} is still queued") from None
-    if closed.state == "done":
-        return closed
-    code, _, reason = (closed.reason or "unknown: failed").partition(": ")
-    status = 422 if closed.state == "skipped" else 400
-    if code.startswith("internal"):
-        status = 500
-    raise ApiError(status, "declined" if status == 422 else "invalid-input",
-                      reason or code, code)
+        raise ApiError(504, "timeout", f"no result within {timeout} s (job {job_id})") from None
+    if outcome.state != "done":
+        raise JobFailedError(outcome.state, outcome.code, outcome.reason)
+    return result

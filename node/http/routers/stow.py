@@ -10,22 +10,15 @@ from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 
-from dicom_io import DeclinedError, DicomIOError, check_pixel_header, read_dataset
+from dicom_io import DeclinedError, DicomIOError, status
 from dicom_io.uids import INPUT_SOP_CLASSES
+from node.core.errors import OutOfResourcesError
 from node.http.deps import get_node, read_body, require_token
 from node.http.errors import ApiError
 from node.http.multipart import parse_related, related_type
-from node.jobs.intake import QueueFullError
-from node.jobs.storage import SpoolFullError
+from node.jobs.intake import receive
 
 router = APIRouter(prefix="/dicomweb", tags=["DICOMweb"], dependencies=[Depends(require_token)])
-
-#: PS3.18 Table 10.5.3-2 / PS3.4 B.2.3 failure reasons used here.
-OUT_OF_RESOURCES = 0xA700
-DOES_NOT_MATCH = 0xA900  # also used for a Study Instance UID other than the target's
-CANNOT_UNDERSTAND = 0xC000
-SOP_CLASS_NOT_SUPPORTED = 0x0122
-
 
 def _item(sop_class: str | None, sop_instance: str | None, reason: int | None = None,
           comment: str | None = None) -> dict:
@@ -42,31 +35,33 @@ def _item(sop_class: str | None, sop_instance: str | None, reason: int | None = 
 
 
 def store_one(node, data: bytes, study: str | None) -> tuple[bool, dict]:
-    """Store one part; (stored, response item)."""
+    """Parse, gate and store one part; (stored, response item). A part the gate declines
+    (a lateral view...) is stored and recorded as skipped, as by C-STORE; one whose header
+    contradicts its pixel data is refused."""
     try:
-        ds = read_dataset(data)
+        received = receive(data, "stow")
     except DicomIOError as e:
-        return False, _item(None, None, CANNOT_UNDERSTAND, f"{e.code}: {e.reason}")
+        return False, _item(None, None, status.CANNOT_UNDERSTAND, f"{e.code}: {e.reason}")
+    ds = received.dataset
     sop_class = str(ds.get("SOPClassUID", "")) or None
-    sop_instance = str(ds.get("SOPInstanceUID", "")) or None
+    sop_instance = received.sop_instance_uid
     if not sop_class or not sop_instance:
-        return False, _item(sop_class, sop_instance, CANNOT_UNDERSTAND, "SOP UIDs missing")
+        return False, _item(sop_class, sop_instance, status.CANNOT_UNDERSTAND,
+                            "SOP UIDs missing")
     if sop_class not in INPUT_SOP_CLASSES:
-        return False, _item(sop_class, sop_instance, SOP_CLASS_NOT_SUPPORTED,
+        return False, _item(sop_class, sop_instance, status.SOP_CLASS_NOT_SUPPORTED,
                             "SOP class not accepted: CR, DX or grayscale SC only")
     if study and str(ds.get("StudyInstanceUID", "")) != study:
-        return False, _item(sop_class, sop_instance, DOES_NOT_MATCH,
+        return False, _item(sop_class, sop_instance, status.DATASET_DOES_NOT_MATCH,
                             "Study Instance UID differs from the target study")
+    verdict = received.verdict
+    if verdict is not None and not isinstance(verdict, DeclinedError):
+        return False, _item(sop_class, sop_instance, status.DATASET_DOES_NOT_MATCH,
+                            f"{verdict.code}: {verdict.reason}")
     try:
-        check_pixel_header(ds)
-    except DicomIOError as e:
-        return False, _item(sop_class, sop_instance, DOES_NOT_MATCH, f"{e.code}: {e.reason}")
-    except DeclinedError:
-        pass
-    try:
-        node.http_intake.accept(data, sop_instance, None, "stow", dataset=ds)
-    except (SpoolFullError, QueueFullError) as e:
-        return False, _item(sop_class, sop_instance, OUT_OF_RESOURCES, str(e))
+        node.intake.accept(received, node.settings.max_queue_depth)
+    except OutOfResourcesError as e:
+        return False, _item(sop_class, sop_instance, status.OUT_OF_RESOURCES, str(e))
     return True, _item(sop_class, sop_instance)
 
 
@@ -83,7 +78,8 @@ async def _stow(request: Request, study: str | None) -> JSONResponse:
     for headers, payload in parts:
         part_type = headers.get("content-type", "application/dicom").split(";")[0].strip()
         if part_type.lower() != "application/dicom":
-            failed.append(_item(None, None, CANNOT_UNDERSTAND, f"part type {part_type}"))
+            failed.append(_item(None, None, status.CANNOT_UNDERSTAND,
+                                f"part type {part_type}"))
             continue
         ok, item = await run_in_threadpool(store_one, node, payload, study)
         (stored if ok else failed).append(item)
@@ -92,8 +88,8 @@ async def _stow(request: Request, study: str | None) -> JSONResponse:
         response["00081199"] = {"vr": "SQ", "Value": stored}
     if failed:
         response["00081198"] = {"vr": "SQ", "Value": failed}
-    status = 200 if not failed else 202 if stored else 409
-    return JSONResponse(response, status_code=status, media_type="application/dicom+json")
+    answer = 200 if not failed else 202 if stored else 409
+    return JSONResponse(response, status_code=answer, media_type="application/dicom+json")
 
 
 STOW_BODY = {"requestBody": {"required": True, "content": {

@@ -5,8 +5,10 @@ In the spirit of MONAI's ``create_test_image_2d``: :func:`chest_phantom` draws a
 :func:`add_disc` pastes a bright disc (or a ring, the decoy); :func:`train_disc_detector`
 trains a network, in well under a minute on two CPU cores, to say whether a disc is present,
 keeping the evidence for its "Disc" logit on the disc. An explanation of that network is right
-when its peak lies on the disc (the pointing game), which is what the tests and the bench
-measure.
+when its peak lies on the disc (the pointing game), which is what the tests measure.
+
+Test data only (``tests/`` is on ``sys.path``: ``from phantom import ...``); the node does not
+ship it.
 """
 
 from __future__ import annotations
