@@ -22,6 +22,7 @@ from pydicom.dataset import Dataset
 from dicom_io import (
     DeclinedError,
     DicomIOError,
+    InvalidInputError,
     check_acceptable,
     check_pixel_header,
     read_dataset,
@@ -79,6 +80,8 @@ def receive(data: bytes, origin: str, calling_ae: str | None = None,
     Raises:
         DicomIOError: ``data`` is not a readable DICOM object.
     """
+    if not data:
+        raise InvalidInputError("empty", "no DICOM data")
     ds = dataset if dataset is not None else read_dataset(data)
     return Received(data, ds, origin, calling_ae, dict(options or {}), gate(ds))
 
