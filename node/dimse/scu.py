@@ -16,6 +16,7 @@ import pydicom
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from pynetdicom import AE, _config, evt
 
+from dicom_io import status
 from node.settings import Peer
 
 logger = logging.getLogger(__name__)
@@ -57,9 +58,12 @@ def associate(ae: AE, host: str, port: int, called_ae: str):
 
 def stream_files_as_stored() -> None:
     """A C-STORE of a file path then streams the file's data set as stored (no decoding, no
-    copy in memory). pynetdicom's documented option for this is process-wide
-    (``_config.STORE_SEND_CHUNKED_DATASET``); set here, before a send, never at import.
-    Only used when the peer accepted the file's transfer syntax (see :func:`_store`)."""
+    copy in memory). Adapter for an upstream limitation: pynetdicom offers this only as a
+    process-wide option of its ``_config`` module (documented under "Configuration
+    Options"), with no per-association or per-call switch; so it is set here, before a send,
+    never at import. Only used when the peer accepted the file's transfer syntax (see
+    :func:`_store`); ``test_result_files_reach_peers_as_stored_or_converted`` checks both
+    ways."""
     _config.STORE_SEND_CHUNKED_DATASET = True
 
 
@@ -120,7 +124,7 @@ def send_files(
             code = getattr(status, "Status", None)
             if code is None:
                 results.append((path, f"no C-STORE response from {peer}"))
-            elif code == 0x0000 or code in (0xB000, 0xB006, 0xB007):
+            elif code in status.STORED:
                 results.append((path, None))
             else:
                 results.append((path, f"C-STORE status 0x{code:04X} from {peer}"))
