@@ -27,6 +27,7 @@ from pydicom.uid import (
 
 import dicom_io
 from dicom_io import DeclinedError, DicomIOError, InvalidInputError
+from dicom_io.gate import check_identity, uid_problem
 from dicom_io.uids import (
     CR_IMAGE_STORAGE,
     DX_PRESENTATION_STORAGE,
@@ -161,6 +162,33 @@ REFUSED: list[tuple[str, Mutation, type[DicomIOError], str, tuple[str, ...], boo
      ("(0028,0010)",), True),
     ("frames-not-a-number", raw(0x00280008, "IS", b"abc "), InvalidInputError, "bad-frames",
      ("abc",), True),
+    # identity: the UIDs every result references, checked where the object arrives
+    ("sop-instance-uid-empty", raw(0x00080018, "UI", b""), InvalidInputError, "missing-uid",
+     ("SOPInstanceUID",), True),
+    ("sop-instance-uid-absent", setting(SOPInstanceUID=None), InvalidInputError, "missing-uid",
+     ("SOPInstanceUID",), True),
+    ("sop-instance-uid-blank", raw(0x00080018, "UI", b"\x00\x00"), InvalidInputError,
+     "missing-uid", ("SOPInstanceUID",), True),
+    ("sop-instance-uid-letters", raw(0x00080018, "UI", b"1.2.840.anon.42\x00"),
+     InvalidInputError, "invalid-uid", ("SOPInstanceUID", "digits"), True),
+    ("sop-instance-uid-too-long", raw(0x00080018, "UI", b"1.2." + b"3" * 70),
+     InvalidInputError, "invalid-uid", ("SOPInstanceUID", "74 characters"), True),
+    ("sop-instance-uid-two-values", raw(0x00080018, "UI", b"1.2.3\\1.2.4"),
+     InvalidInputError, "invalid-uid", ("SOPInstanceUID",), True),
+    ("study-instance-uid-absent", setting(StudyInstanceUID=None), InvalidInputError,
+     "missing-uid", ("StudyInstanceUID",), True),
+    ("study-instance-uid-leading-zero", raw(0x0020000D, "UI", b"1.2.840.01.5\x00"),
+     InvalidInputError, "invalid-uid", ("StudyInstanceUID", "1.2.840.01.5", "leading zero"),
+     True),
+    ("series-instance-uid-empty", raw(0x0020000E, "UI", b""), InvalidInputError,
+     "missing-uid", ("SeriesInstanceUID",), True),
+    ("series-instance-uid-empty-component", raw(0x0020000E, "UI", b"1.2..3\x00"),
+     InvalidInputError, "invalid-uid", ("SeriesInstanceUID", "empty component"), True),
+    # Rows (or Columns) says less than Pixel Data holds: read cut or sheared
+    ("rows-too-small", setting(Rows=1000), InvalidInputError, "long-pixel-data",
+     ("7198310 bytes", "1000x1841"), True),
+    ("columns-one-too-few", setting(Columns=1840), InvalidInputError, "long-pixel-data",
+     ("1955x1840",), True),
 ]
 
 
@@ -341,3 +369,98 @@ def test_load_raises_only_dicom_io_errors(cr: Dataset, tmp_path: Path):
             assert isinstance(e, DeclinedError | InvalidInputError) and e.reason, e.code
             outcomes.add(e.code)
     assert {"not-dicom", "short-pixel-data"} <= outcomes
+
+
+# --- identity: what results reference is checked where the object arrives ------------------
+
+
+def test_identity_uids_with_padding_pass(cr: Dataset):
+    """Senders pad odd-length UIDs with NUL (PS3.5 9.1) or, wrongly, a space: still valid."""
+    for padding in (b"\x00", b" "):
+        ds = changed(cr, raw(0x00080018, "UI", b"1.2.840.10008.42" + padding))
+        check_identity(ds)
+
+
+def test_identity_reason_never_quotes_what_is_not_a_uid(cr: Dataset):
+    """A UID element holding anything but digits and dots may hold anything: not echoed."""
+    ds = changed(cr, raw(0x0020000D, "UI", b"DOE^JOHN 1970"))
+    with pytest.raises(InvalidInputError) as e:
+        check_identity(ds)
+    assert e.value.code == "invalid-uid"
+    assert "DOE" not in str(e.value) and "1970" not in str(e.value)
+
+
+def test_declined_before_identity(cr: Dataset):
+    """An object the model must not see is declined (skipped) whatever its UIDs."""
+    ds = changed(cr, setting(SOPInstanceUID=None, ViewPosition="LL"))
+    with pytest.raises(DeclinedError) as e:
+        dicom_io.from_dataset(ds)
+    assert e.value.code == "view"
+
+
+@pytest.mark.parametrize("value", [
+    "1.2.3", "0", "1.0.2", "2.25.329800735698586629295641978511506172918",
+    "1.2." + "3" * 60, "1.2." + "3" * 61, "1.02.3", "1..2", ".1.2", "1.2.", "1.2.a", "1,2,3",
+    "", " ", "1.2.3 4", "１.２",
+])
+def test_gate_and_results_agree_on_uids(value: str):
+    """Whatever the gate lets through, the results can reference; what it refuses, they
+    could not."""
+    from dicom_io.results.uids import check_uid
+
+    try:
+        check_uid("uid", value)
+        builds = True
+    except ValueError:
+        builds = False
+    stripped = value.strip()
+    assert (bool(stripped) and uid_problem(stripped) is None) == builds, value
+
+
+def test_gate_passes_only_what_results_can_reference(cr: Dataset):
+    """Everything ``from_dataset`` returns can carry results: the source context of each
+    image that passes the gate builds (the result objects' own checks are tests/test_results)."""
+    from dicom_io.results._common import source_context
+
+    for mutate in (setting(), raw(0x00080018, "UI", b"1.2.840.10008.42\x00"),
+                   raw(0x00101010, "AS", b"62"), raw(0x00280030, "DS", b"0\\0 ")):
+        source_context(dicom_io.from_dataset(changed(cr, mutate), "x"))
+
+
+def test_every_broken_file_has_its_outcome(tmp_path: Path):
+    """tests/broken_files.py: each file loads (and can carry results) or is refused with the
+    code it names, by path and from bytes alike."""
+    from broken_files import OK, all_files
+
+    from dicom_io.results._common import source_context
+
+    for case in all_files():
+        path = tmp_path / f"{case.name}.dcm"
+        path.write_bytes(case.data)
+        try:
+            image = dicom_io.load(path)
+        except DicomIOError as e:
+            assert e.code == case.code, (case.name, str(e))
+            assert e.reason
+        else:
+            assert case.code == OK, (case.name, "loaded")
+            source_context(image)
+            if case.data[:8] != b"\x89PNG\r\n\x1a\n":
+                dicom_io.from_dataset(dicom_io.read_dataset(case.data), case.name)
+
+
+def test_not_a_regular_file_is_unreadable(tmp_path: Path):
+    """A folder or a FIFO where a file was expected: refused, never waited on."""
+    import os
+
+    with pytest.raises(InvalidInputError) as e:
+        dicom_io.load(tmp_path)
+    assert e.value.code == "unreadable"
+    fifo = tmp_path / "pipe.dcm"
+    os.mkfifo(fifo)
+    with pytest.raises(InvalidInputError) as e:
+        dicom_io.load(fifo)
+    assert e.value.code == "unreadable" and "regular" in e.value.reason
+    with pytest.raises(InvalidInputError) as e:
+        dicom_io.load(tmp_path / "absent.dcm")
+    assert e.value.code == "unreadable"

@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
 import re
-import sys
 import threading
 import tomllib
 from pathlib import Path
 
 import pytest
 from pydantic import TypeAdapter, ValidationError
+from pydantic_settings import EnvSettingsSource
 
 from node.cli.main import build_parser, settings_from_args
 from node.settings import Peer, Settings
@@ -66,33 +67,42 @@ def test_each_load_reads_its_own_config_file_also_from_two_threads(
     assert Settings.model_config.get("toml_file") is None
     assert isinstance(Settings.load(files["FIRST"]), Settings)
 
-    rounds = 300
-    start = threading.Barrier(2)
+    # Two threads load at once, again and again. Each load builds its environment source
+    # before it reads the file; the two loads meet there, so each is sure to be under way while
+    # the other reads its file (with the file passed through the class, one of the two would
+    # read the other's file in every round).
+    rounds = 20
+    meet = threading.Barrier(2, timeout=30)
+    build_env_source = EnvSettingsSource.__init__
+
+    def meeting_env_source(self: EnvSettingsSource, *args: object, **kwargs: object) -> None:
+        build_env_source(self, *args, **kwargs)
+        if type(self) is EnvSettingsSource:
+            with contextlib.suppress(threading.BrokenBarrierError):  # a thread failed: below
+                meet.wait()
+
     got: dict[str, list[tuple[str, int]]] = {ae: [] for ae in files}
     errors: list[BaseException] = []
 
     def load_many(ae: str) -> None:
         try:
             for _ in range(rounds):
-                start.wait(timeout=30)  # both threads load at the same moment every round
                 got[ae].append(seen(Settings.load(files[ae])))
         except BaseException as e:  # reported below, not lost in the thread
             errors.append(e)
-            start.abort()
+            meet.abort()
 
     threads = [threading.Thread(target=load_many, args=(ae,)) for ae in files]
-    interval = sys.getswitchinterval()
-    sys.setswitchinterval(1e-6)  # switch threads as often as possible: interleave the loads
-    try:
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(EnvSettingsSource, "__init__", meeting_env_source)
         for t in threads:
             t.start()
         for t in threads:
             t.join(timeout=120)
-    finally:
-        sys.setswitchinterval(interval)
     assert not errors, errors
     assert got["FIRST"] == [("FIRST", 1001)] * rounds
     assert got["SECOND"] == [("SECOND", 1002)] * rounds
+    assert seen(Settings()) == ("CXRNODE", 11112)  # and nothing was left behind
 
 
 def test_precedence_flags_env_file_defaults(tmp_path: Path,

@@ -66,15 +66,14 @@ class Options:
 
 @dataclass
 class Results:
+    """What the phases found: figures (``raw``, units in the key), facts, problems."""
+
     raw: dict[str, float | None] = field(default_factory=dict)
     info: dict[str, Any] = field(default_factory=dict)
     errors: list[str] = field(default_factory=list)
 
     def put(self, key: str, value: float | None) -> None:
         self.raw[key] = None if value is None or not math.isfinite(value) else float(value)
-
-    def get(self, key: str) -> float | None:
-        return self.raw.get(key)
 
 
 def progress(message: str) -> None:

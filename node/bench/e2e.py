@@ -86,7 +86,6 @@ class MeasuredNode(NodeProcess):
 class HttpRun:
     """One ``/score`` load: latencies of the successful requests, errors, wall time."""
 
-    clients: int
     latencies: list[float]
     errors: list[str]
     wall_s: float
@@ -100,7 +99,7 @@ class HttpRun:
 
 
 def http_load(port: int, bodies: Sequence[bytes], count: int, clients: int,
-              query: str = "", timeout: float = 600) -> HttpRun:
+              timeout: float = 600) -> HttpRun:
     """``count`` ``POST /score`` requests from ``clients`` threads, each with its own
     keep-alive connection; bodies are used in turn."""
     lock = threading.Lock()
@@ -122,7 +121,7 @@ def http_load(port: int, bodies: Sequence[bytes], count: int, clients: int,
                 body = bodies[i % len(bodies)]
                 started = time.perf_counter()
                 try:
-                    conn.request("POST", "/score" + query, body=body, headers=headers)
+                    conn.request("POST", "/score", body=body, headers=headers)
                     response = conn.getresponse()
                     text = response.read()
                 except (OSError, http.client.HTTPException) as e:
@@ -148,7 +147,7 @@ def http_load(port: int, bodies: Sequence[bytes], count: int, clients: int,
         t.start()
     for t in threads:
         t.join()
-    return HttpRun(clients, latencies, errors, time.perf_counter() - started)
+    return HttpRun(latencies, errors, time.perf_counter() - started)
 
 
 @dataclass

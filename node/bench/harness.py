@@ -182,7 +182,8 @@ class NodeProcess:
                     ready.set()
 
     def fast_path_pending(self) -> bool:
-        """Whether the background ONNX export still runs (``/readyz``; over TLS, the log)."""
+        """Whether the background ONNX export still runs: ``/readyz`` says so, or over TLS
+        (no client certificate here) the log of a ``verbose`` node."""
         if self.tls:
             text = self.log_text()
             return EXPORT_STARTED in text and not any(end in text for end in EXPORT_ENDED)
@@ -257,7 +258,6 @@ class ResultReceiver:
         self.host = host
         self.port = 0
         self.arrivals: dict[str, Arrival] = {}
-        self.duplicates = 0
         self._lock = threading.Lock()
         self._server = None
 
@@ -291,8 +291,6 @@ class ResultReceiver:
             logger.exception("result receiver: unreadable C-STORE")
             return 0xC000
         with self._lock:
-            if uid in self.arrivals:
-                self.duplicates += 1
             self.arrivals[uid] = Arrival(at, sop_class, size)
         return 0x0000
 

@@ -166,20 +166,22 @@ def run_batch(
     paths: Sequence[Path],
     predictor: Predictor,
     writer: ResultWriter,
-    errors: TextIO = sys.stderr,
+    errors: TextIO | None = None,
     progress: bool | None = None,
 ) -> BatchReport:
     """Load (in a background thread, one batch ahead), predict, write; report failures.
 
-    Every input ends as exactly one of: a result folder, or one line on ``errors``,
-    ``PATH: CODE: REASON``, and the run goes on. CODE is the gate's code for an input it
-    refuses (``not-dicom``, ``missing-uid``, ``view``...), ``duplicate`` for a second input
-    whose result would replace another's of this run (same SOP Instance UID, or PNG stem),
-    ``predict-failed`` when the model fails on it, and that of the error (``result-build``...)
-    or ``result-failed`` when its explanation or results cannot be made or written.
+    Every input ends as exactly one of: a result folder, or one line on ``errors`` (default:
+    ``sys.stderr`` at the call), ``PATH: CODE: REASON``, and the run goes on. CODE is the
+    gate's code for an input it refuses (``not-dicom``, ``missing-uid``, ``view``...);
+    ``duplicate`` for a second input whose result would replace another's of this run (same
+    SOP Instance UID, or PNG stem); ``predict-failed`` when the model fails on it; the
+    error's own (``result-build``...) or ``result-failed`` when its explanation or results
+    cannot be made or written.
     """
     from tqdm import tqdm
 
+    errors = errors if errors is not None else sys.stderr
     report = BatchReport()
     claimed: dict[Path, Path] = {}  # result folder -> the input it belongs to
 

@@ -117,11 +117,11 @@ def send_files(
     try:
         for path, item in datasets:
             try:
-                status = _store(assoc, item)
+                response = _store(assoc, item)
             except Exception as e:
                 results.append((path, f"C-STORE to {peer} failed: {e}"))
                 continue
-            code = getattr(status, "Status", None)
+            code = getattr(response, "Status", None)
             if code is None:
                 results.append((path, f"no C-STORE response from {peer}"))
             elif code in status.STORED:

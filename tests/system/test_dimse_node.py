@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import json
+import contextlib
 import subprocess
 import sys
-import time
+import threading
 import urllib.request
 from collections import defaultdict
 from pathlib import Path
@@ -13,6 +13,7 @@ from pathlib import Path
 import pydicom
 import pytest
 from conftest import record_figure
+from prometheus_client.parser import text_string_to_metric_families
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian, generate_uid
 from pynetdicom import AE
 
@@ -24,6 +25,7 @@ from system.peers import (
     free_port,
     storescu,
     wait_port,
+    wait_until,
 )
 
 SR_CLASS = "1.2.840.10008.5.1.4.1.1.88.34"
@@ -54,25 +56,48 @@ def wait_results(receiver: Receiver, sources: set[str], timeout: float
                  ) -> dict[str, dict[str, set[str]]]:
     """:func:`results_by_source` once every one of ``sources`` has an SR, an SC and a PM in
     ``receiver`` (or at ``timeout``); results of other sources there are left alone."""
-    deadline = time.monotonic() + timeout
-    while True:
+
+    def complete() -> dict[str, dict[str, set[str]]] | None:
         got = results_by_source(receiver.received())
-        if all(len(got.get(uid, {})) >= 3 for uid in sources) or time.monotonic() > deadline:
-            return got
-        time.sleep(0.25)
+        return got if all(len(got.get(uid, {})) >= 3 for uid in sources) else None
+
+    try:
+        return wait_until(complete, timeout, 0.25, "every source's SR, SC and PM")
+    except TimeoutError:  # the caller's assertions say what is missing
+        return results_by_source(receiver.received())
 
 
 def wait_jobs(node: NodeProcess, predicate, timeout: float = 120) -> dict:
-    """Poll the node's ``GET /jobs`` until ``predicate`` holds."""
-    deadline = time.monotonic() + timeout
-    while True:
-        with urllib.request.urlopen(f"http://127.0.0.1:{node.http_port}/jobs", timeout=30) as r:
-            state = json.loads(r.read())
-        if predicate(state):
-            return state
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"queue never reached the expected state: {state}")
-        time.sleep(0.5)
+    """Poll the node's ``GET /jobs`` until ``predicate`` holds; return that state."""
+    last: dict = {}
+
+    def reached() -> dict | None:
+        status, state = node.get("/jobs")
+        assert status == 200, state
+        last["state"] = state
+        return state if predicate(state) else None
+
+    try:
+        return wait_until(reached, timeout, 0.5, "the queue's expected state", node.proc)
+    except TimeoutError:
+        raise TimeoutError(f"queue never reached the expected state: {last}") from None
+
+
+def wait_settled(node: NodeProcess, timeout: float = 180) -> None:
+    """Wait until the node has nothing in hand: no job queued or processing, no delivery
+    pending. Everything it was going to send has then been sent, and acknowledged."""
+    wait_until(node.idle, timeout, 0.25, "the node to finish its jobs and deliveries",
+               node.proc)
+
+
+def failed_delivery_attempts(node: NodeProcess) -> float:
+    """Delivery attempts that failed since the node started (its ``/metrics``)."""
+    with urllib.request.urlopen(f"{node.url}/metrics", timeout=30) as r:
+        text = r.read().decode()
+    return sum(sample.value for family in text_string_to_metric_families(text)
+               for sample in family.samples
+               if sample.name == "cxr_deliveries_total"
+               and sample.labels.get("outcome") == "failed")
 
 
 @pytest.fixture(scope="module")
@@ -179,7 +204,7 @@ def test_lateral_view_is_stored_as_skipped_with_reason(
     job = next(j for j in state["failed_jobs"] if j["sop_instance_uid"] == uid)
     assert job["state"] == "skipped"
     assert job["reason"].startswith("view:") and "frontal" in job["reason"]
-    time.sleep(1)
+    wait_settled(node)  # whatever the node was going to send has arrived: nothing for it
     assert uid not in results_by_source(receiver.received())
 
 
@@ -189,10 +214,8 @@ def test_own_results_sent_back_are_not_reprocessed(
     image = radiograph_copy(cr_path, tmp_path / "loop.dcm", "loop", downscale=4)
     source_uid = str(pydicom.dcmread(image, stop_before_pixels=True).SOPInstanceUID)
     assert storescu(node.dicom_port, [image]).returncode == 0
-    deadline = time.monotonic() + 120
-    while len(results_by_source(receiver.received()).get(source_uid, {})) < 3:
-        assert time.monotonic() < deadline, "results of the loop image never arrived"
-        time.sleep(0.5)
+    wait_until(lambda: len(results_by_source(receiver.received()).get(source_uid, {})) >= 3,
+               120, 0.5, "the results of the loop image", node.proc)
     by_class = {str(ds.SOPClassUID): f for f in receiver.files()
                 if (ds := pydicom.dcmread(f, stop_before_pixels=True)).SOPInstanceUID
                 in {u for uids in results_by_source([ds]).get(source_uid, {}).values()
@@ -215,12 +238,10 @@ def test_orthanc_push_gets_results_into_its_study(node: NodeProcess, orthanc, tm
     study_id = uploaded["ParentStudy"]
     orthanc.post("/modalities/cxrnode/store", {"Resources": [uploaded["ID"]],
                                                "Synchronous": True})
-    deadline = time.monotonic() + 180
-    while time.monotonic() < deadline:
-        instances = orthanc.get(f"/studies/{study_id}/instances")
-        if len(instances) >= 4:
-            break
-        time.sleep(1)
+    with contextlib.suppress(TimeoutError):  # the assertion below shows what arrived
+        wait_until(lambda: len(orthanc.get(f"/studies/{study_id}/instances")) >= 4, 180, 1,
+                   "the source and its 3 results in Orthanc's study", node.proc)
+    instances = orthanc.get(f"/studies/{study_id}/instances")
     assert len(instances) == 4, [i["MainDicomTags"] for i in instances]
     series = orthanc.get(f"/studies/{study_id}/series")
     modalities = sorted(s["MainDicomTags"].get("Modality", "") for s in series)
@@ -253,8 +274,6 @@ def send_counting(port: int, files: list[Path], acknowledged: list[str]) -> None
 def test_kill_9_mid_send_loses_nothing_acknowledged(
     tmp_path: Path, cr_path: Path, whole_model_path: Path, dcmtk
 ) -> None:
-    import threading
-
     files = [radiograph_copy(cr_path, tmp_path / "in" / f"{i:02d}.dcm", f"kill{i}", downscale=4)
              for i in range(30)]
     pacs = Receiver("PACS2", free_port(), tmp_path / "pacs").start()
@@ -264,15 +283,15 @@ def test_kill_9_mid_send_loses_nothing_acknowledged(
         sender = threading.Thread(target=send_counting, args=(node.dicom_port, files,
                                                               acknowledged))
         sender.start()
-        deadline = time.monotonic() + 120
-        while len(acknowledged) < 12 and time.monotonic() < deadline:
-            time.sleep(0.05)
+        # kill once 12 are acknowledged (the assertion below fails if the sender stopped first)
+        wait_until(lambda: len(acknowledged) >= 12 or not sender.is_alive(), 120, 0.05,
+                   "12 images to be acknowledged")
         node.kill9()
         sender.join(60)
         assert 12 <= len(acknowledged) < 30, len(acknowledged)
         node.start()
         pacs.wait_for(3 * len(acknowledged), timeout=300)
-        time.sleep(2)  # anything duplicated would arrive now
+        wait_settled(node, timeout=300)  # all sent: anything duplicated has arrived too
         got = results_by_source(pacs.received())
         for uid in acknowledged:
             assert set(got[uid]) == {SR_CLASS, SC_CLASS, PM_CLASS}, uid
@@ -295,7 +314,8 @@ def test_results_wait_for_a_receiver_that_is_down(
         image = radiograph_copy(cr_path, tmp_path / "late.dcm", "late", downscale=4)
         assert storescu(node.dicom_port, [image]).returncode == 0
         wait_jobs(node, lambda s: s["counts"].get("deliveries_pending", 0) >= 1)
-        time.sleep(1.5)  # at least one failed attempt
+        wait_until(lambda: failed_delivery_attempts(node) >= 1, 60, 0.25,
+                   "a delivery attempt to the receiver that is down to fail", node.proc)
         pacs.start()
         got = pacs.wait_for(1, timeout=120)
         assert [str(ds.SOPClassUID) for ds in got] == [SR_CLASS]
@@ -319,11 +339,11 @@ def test_given_up_delivery_is_listed_and_resent(
         failed = state["failed_deliveries"][0]
         assert failed["attempts"] == 2 and "association" in failed["reason"]
         exe = Path(sys.executable).with_name("cxr-node")
-        listing = subprocess.run([str(exe), "jobs", "--spool", str(node.jobs.storage)],
+        listing = subprocess.run([str(exe), "jobs", "--spool", str(node.spool)],
                                  capture_output=True, text=True, check=True).stdout
         assert f"delivery {failed['id']} to {pacs.address} failed after 2 attempt(s)" in listing
         pacs.start()
-        out = subprocess.run([str(exe), "resend", "--spool", str(node.jobs.storage)],
+        out = subprocess.run([str(exe), "resend", "--spool", str(node.spool)],
                              capture_output=True, text=True, check=True).stdout
         assert out.startswith("1 failed delivery re-queued")
         assert len(pacs.wait_for(1, timeout=60)) >= 1
@@ -346,12 +366,14 @@ def test_result_files_reach_peers_as_stored_or_converted(tmp_path: Path, cr_path
     """Results are streamed from the outbox file as stored when the peer accepts its
     transfer syntax, and re-encoded when it accepts only another one (here dcmtk's storescp
     limited to implicit VR): the peer gets the same data set either way."""
-    from node.dimse.scu import send_files
+    from node.dimse.scu import Outgoing, send_files
     from node.settings import Peer
 
+    meta = pydicom.dcmread(cr_path, stop_before_pixels=True).file_meta
+    item = Outgoing(cr_path, str(meta.MediaStorageSOPClassUID), str(meta.TransferSyntaxUID))
     receiver = Receiver("PACS", free_port(), tmp_path / "got", syntaxes=syntaxes).start()
     try:
-        [(path, failure)] = send_files(Peer("PACS", "127.0.0.1", receiver.port), [cr_path],
+        [(path, failure)] = send_files(Peer("PACS", "127.0.0.1", receiver.port), [item],
                                        "CXRNODE")
         assert path == cr_path and failure is None
         receiver.wait_for(1, timeout=60)

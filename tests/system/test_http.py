@@ -6,7 +6,6 @@ import base64
 import json
 import subprocess
 import sys
-import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -19,7 +18,7 @@ from pydicom.uid import generate_uid
 from dicom_io.results import codes as rcodes
 from dicom_io.results import instance_uid
 from system.conftest import radiograph_copy
-from system.peers import NodeProcess, Orthanc, Receiver, free_port, storescu
+from system.peers import NodeProcess, Orthanc, Receiver, free_port, storescu, wait_until
 
 TOKEN = "test-token-5f1c"
 SR_CLASS = "1.2.840.10008.5.1.4.1.1.88.34"
@@ -68,13 +67,19 @@ def auth() -> dict[str, str]:
 
 def wait_idle(node: NodeProcess, timeout: float = 180) -> None:
     """Wait until no job is queued or processing (the web node's queue holds one)."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        counts = httpx.get(f"{node.url}/jobs", headers=auth()).json()["counts"]
-        if not counts.get("jobs_queued") and not counts.get("jobs_processing"):
-            return
-        time.sleep(0.5)
-    raise TimeoutError("the node's queue never drained")
+
+    def drained() -> bool:
+        r = httpx.get(f"{node.url}/jobs", headers=auth())
+        assert r.status_code == 200, r.text
+        counts = r.json()["counts"]
+        return not counts.get("jobs_queued") and not counts.get("jobs_processing")
+
+    wait_until(drained, timeout, 0.5, "the node's queue to drain", node.proc)
+
+
+def sr_in_orthanc(orthanc: Orthanc, sr_uid: str) -> list:
+    """Orthanc's lookup of ``sr_uid``: empty until the SR is stored there."""
+    return orthanc.post("/tools/lookup", sr_uid.encode(), "text/plain")
 
 
 def test_cold_start_is_ready_before_the_onnx_export_and_a_restart_reuses_it(
@@ -100,11 +105,13 @@ def test_cold_start_is_ready_before_the_onnx_export_and_a_restart_reuses_it(
     assert (tmp_path / "spool" / "onnx-cache").is_dir()
     offset = len(node.log_text())
     node = NodeProcess(tmp_path / "spool", whole_model_path, [], explain="none").start()
+
+    def ready_again() -> str | None:
+        text = node.log_text()[offset:]
+        return text if "cxr-node ready" in text else None
+
     try:
-        deadline = time.monotonic() + 60
-        while "cxr-node ready" not in (second := node.log_text()[offset:]):
-            assert time.monotonic() < deadline, second[-2000:]
-            time.sleep(0.1)
+        second = wait_until(ready_again, 60, 0.1, "the restarted node's ready line", node.proc)
         assert "exporting the model to ONNX in the background" not in second
         assert second.index("prediction by ONNX Runtime") < second.index("cxr-node ready")
         assert httpx.get(f"{node.url}/readyz").json()["onnx_fast_path"] == "on"
@@ -211,11 +218,23 @@ def test_token_size_limit_and_back_pressure(web_node: NodeProcess, cr_path: Path
     ok = httpx.post(url, content=small.read_bytes(), timeout=120,
                     headers={**auth(), "Content-Type": "application/dicom"})
     assert ok.status_code == 200, ok.text
-    # fill the queue through DIMSE (never refused for depth), then HTTP must push back
-    files = [radiograph_copy(cr_path, tmp_path / f"q{i}.dcm", f"bp{i}") for i in range(4)]
-    assert storescu(web_node.dicom_port, files).returncode == 0
-    r = httpx.post(url, content=small.read_bytes(), timeout=120,
-                   headers={**auth(), "Content-Type": "application/dicom"})
+    # Fill the queue through DIMSE (never refused for depth): HTTP must push back while it is
+    # full. Should the workers empty it before the request comes, the request is scored (200)
+    # and the queue is filled again: the answer must be 503 once the request meets a full queue.
+    fills = iter(range(1000))
+
+    def refused_while_full() -> httpx.Response | None:
+        fill = next(fills)
+        files = [radiograph_copy(cr_path, tmp_path / f"q{fill}-{i}.dcm", f"bp{fill}-{i}")
+                 for i in range(4)]
+        assert storescu(web_node.dicom_port, files).returncode == 0
+        r = httpx.post(url, content=small.read_bytes(), timeout=120,
+                       headers={**auth(), "Content-Type": "application/dicom"})
+        assert r.status_code in (200, 503), r.text
+        return r if r.status_code == 503 else None
+
+    r = wait_until(refused_while_full, 300, 0, "HTTP to be refused while the queue is full",
+                   web_node.proc)
     assert problem(r, 503)["code"] == "out-of-resources"
     assert int(r.headers["retry-after"]) > 0
 
@@ -238,11 +257,8 @@ def test_stow_rs_in_and_results_out_to_orthanc_by_stow(
     assert stored.ReferencedSOPInstanceUID == pydicom.dcmread(path).SOPInstanceUID
     sha = httpx.get(f"{web_node.url}/readyz", headers=auth()).json()["model"]["sha256"]
     sr_uid = instance_uid("sr", str(stored.ReferencedSOPInstanceUID), sha)
-    deadline = time.monotonic() + 180
-    found = []
-    while time.monotonic() < deadline and not found:
-        found = orthanc.post("/tools/lookup", sr_uid.encode(), "text/plain")
-        time.sleep(1)
+    found = wait_until(lambda: sr_in_orthanc(orthanc, sr_uid), 180, 1,
+                       "the SR to reach Orthanc by STOW-RS", web_node.proc)
     assert found and found[0]["Type"] == "Instance"
     tags = orthanc.get(f"/instances/{found[0]['ID']}/simplified-tags")
     assert tags["StudyInstanceUID"] == study and tags["Manufacturer"] == "cxr-node"
@@ -292,19 +308,19 @@ def test_same_image_same_answer_through_dimse_stow_and_score(
     body, ctype = build_related([path.read_bytes()])
     assert httpx.post(f"{web_node.url}/dicomweb/studies", content=body, timeout=60,
                       headers={**auth(), "Content-Type": ctype}).status_code == 200
-    deadline = time.monotonic() + 180
-    dimse_sr = None
-    while time.monotonic() < deadline and dimse_sr is None:
+
+    def dimse_delivered() -> pydicom.Dataset | None:
         for f in receiver.files():
             ds = pydicom.dcmread(f)
             if str(ds.SOPInstanceUID) == sr_uid:
-                dimse_sr = ds
-        time.sleep(0.5)
+                return ds
+        return None
+
+    dimse_sr = wait_until(dimse_delivered, 180, 0.5, "the DIMSE path to deliver the SR",
+                          node.proc)
     assert dimse_sr is not None, "the DIMSE path never delivered the SR"
-    found = []
-    while time.monotonic() < deadline and not found:
-        found = orthanc.post("/tools/lookup", sr_uid.encode(), "text/plain")
-        time.sleep(1)
+    found = wait_until(lambda: sr_in_orthanc(orthanc, sr_uid), 180, 1,
+                       "the STOW-RS path to deliver the SR", web_node.proc)
     assert found, "the STOW-RS path never delivered the SR"
     import io
     import urllib.request
@@ -359,17 +375,19 @@ def test_azure_score_py_answers_like_the_node(node: NodeProcess, image: Path, tm
                             stderr=subprocess.STDOUT,
                             env={**os.environ, "AZUREML_MODEL_DIR": str(model_dir.parent),
                                  "CXR_NODE_DEVICE": "cpu"})
+
+    def up() -> bool:
+        try:
+            return httpx.get(f"http://127.0.0.1:{port}/", timeout=5).status_code == 200
+        except httpx.HTTPError:
+            return False
+
     try:
-        deadline = time.monotonic() + 180
-        while True:
-            assert proc.poll() is None, (tmp_path / "azmlinfsrv.log").read_text()[-3000:]
-            try:
-                if httpx.get(f"http://127.0.0.1:{port}/", timeout=5).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            assert time.monotonic() < deadline, "azmlinfsrv never came up"
-            time.sleep(0.5)
+        try:
+            wait_until(up, 180, 0.5, "azmlinfsrv to come up", proc)
+        except (RuntimeError, TimeoutError) as e:  # it exited, or never answered
+            raise AssertionError(f"{e}:\n{(tmp_path / 'azmlinfsrv.log').read_text()[-3000:]}"
+                                 ) from None
         azure = httpx.post(f"http://127.0.0.1:{port}/score", content=image.read_bytes(),
                            headers={"Content-Type": "application/dicom"}, timeout=120)
         ours = httpx.post(f"{node.url}/score", content=image.read_bytes(),

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import ssl
 import subprocess
-import time
 from pathlib import Path
 
 import httpx
@@ -14,13 +13,18 @@ import pytest
 from conftest import record_figure
 
 from system.conftest import radiograph_copy
-from system.peers import Certificates, NodeProcess, Receiver, free_port, storescu
+from system.peers import Certificates, NodeProcess, Receiver, free_port, storescu, wait_until
 
 PHI = {"PatientName": "Sentinel^Phiona^Q", "PatientID": "PHI-77341902",
        "PatientBirthDate": "19230817", "OtherPatientIDs": "ALT-55120077",
        "AccessionNumber": "ACC99887766"}
 PHI_STRINGS = ["Sentinel", "Phiona", "PHI-77341902", "19230817", "ALT-55120077",
                "ACC99887766"]
+
+
+def accepted(proc: subprocess.CompletedProcess) -> bool:
+    """Whether ``storescu`` had its image stored (not refused with 0xA700, out of resources)."""
+    return proc.returncode == 0 and "A700" not in proc.stderr + proc.stdout
 
 
 def echo(port: int, calling: str = "MODALITY", *tls: str) -> subprocess.CompletedProcess:
@@ -94,18 +98,31 @@ def test_spool_quota_refuses_then_recovers_and_loses_nothing(
                        extra=("--spool-quota-mb", "6"))
     node.start()
     try:
-        files = [radiograph_copy(cr_path, tmp_path / "in" / f"{i}.dcm", f"quota{i}",
-                                 downscale=4) for i in range(12)]
+        files: list[Path] = []
         acknowledged = []
         refused = 0
-        for f in files:
-            proc = storescu(node.dicom_port, [f])
-            if proc.returncode == 0 and "A700" not in proc.stderr + proc.stdout:
-                acknowledged.append(str(pydicom.dcmread(f, stop_before_pixels=True)
+
+        def send_another() -> bool:
+            """Send one more image; whether the node has refused one yet."""
+            nonlocal refused
+            i = len(files)
+            files.append(radiograph_copy(cr_path, tmp_path / "in" / f"{i}.dcm", f"quota{i}",
+                                         downscale=4))
+            if accepted(storescu(node.dicom_port, [files[-1]])):
+                acknowledged.append(str(pydicom.dcmread(files[-1], stop_before_pixels=True)
                                         .SOPInstanceUID))
             else:
                 refused += 1
-            time.sleep(0.3)
+            return refused > 0
+
+        # The first image's results are in the spool before it fills: once the receiver is back,
+        # sending them frees the room the results of the others need.
+        assert not send_another(), "the first image was refused"
+        wait_until(lambda: node.counts().get("jobs_done", 0) >= 1, 120, 0.25,
+                   "the first image's results", node.proc)
+        for _ in range(39):  # ~0.5 MB each: 40 images are three times the quota
+            if send_another():
+                break
         assert refused > 0, "the quota never filled"
         r = httpx.post(f"{node.url}/score", content=files[0].read_bytes(), timeout=60,
                        headers={"Content-Type": "application/dicom"})
@@ -117,10 +134,8 @@ def test_spool_quota_refuses_then_recovers_and_loses_nothing(
         assert set(acknowledged) <= sources
         record_figure(f"fault spool full: {refused} C-STORE refused with 0xA700, HTTP 503; "
                       f"all {len(acknowledged)} acknowledged delivered after space returned")
-        deadline = time.monotonic() + 60
-        while storescu(node.dicom_port, [files[-1]]).returncode != 0:
-            assert time.monotonic() < deadline, "the node never took images again"
-            time.sleep(1)
+        wait_until(lambda: accepted(storescu(node.dicom_port, [files[-1]])), 60, 1,
+                   "the node to take images again", node.proc)
     finally:
         node.stop()
         pacs.stop()
@@ -150,9 +165,13 @@ def test_no_patient_data_in_logs_metrics_or_errors(
                 bodies.append(r.text)
         assert len(bodies) == 2
         pacs.wait_for(3, timeout=120)
-        time.sleep(2)
-        texts = {"log": node.log_text(), "metrics": httpx.get(f"{node.url}/metrics").text,
+        # every job closed and every result sent; then the log is complete once the node stops
+        wait_until(node.idle, 120, 0.25, "the node to finish its jobs and deliveries",
+                   node.proc)
+        texts = {"metrics": httpx.get(f"{node.url}/metrics").text,
                  "jobs": httpx.get(f"{node.url}/jobs").text, "errors": "\n".join(bodies)}
+        node.stop()
+        texts["log"] = node.log_text()
         for where, text in texts.items():
             for secret in PHI_STRINGS:
                 assert secret not in text, f"{secret!r} leaked into {where}"
