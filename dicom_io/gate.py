@@ -4,7 +4,8 @@
 model must not see; :func:`check_identity` raises :class:`~dicom_io.errors.InvalidInputError`
 for objects without the UIDs their results must reference; :func:`check_pixel_header` raises
 it for headers that lie about their pixel data. All read only the header: no pixel data is
-decoded here.
+decoded here. :func:`check_header` is the three in order, for a front that gates an object
+where it arrives.
 
 Whatever passes the gate can be scored *and* carry results: a file is refused where it
 arrives, with its own code, never later while its results are built.
@@ -18,7 +19,7 @@ import re
 from pydicom.dataset import Dataset
 from pydicom.uid import UID
 
-from dicom_io.errors import DeclinedError, InvalidInputError
+from dicom_io.errors import DeclinedError, DicomIOError, InvalidInputError
 from dicom_io.uids import (
     INPUT_SOP_CLASSES,
     NODE_MANUFACTURER,
@@ -240,3 +241,21 @@ def check_pixel_header(ds: Dataset) -> None:
                 f"PixelData holds {actual} bytes, {rows}x{columns}x{bits_allocated} bits "
                 f"needs {expected}: {actual - expected} bytes more than the header describes",
             )
+
+
+def check_header(ds: Dataset) -> None:
+    """The whole gate on a header: :func:`check_acceptable`, :func:`check_identity` and
+    :func:`check_pixel_header`, in this order (a declined object is declined whatever its UIDs).
+
+    Raises:
+        DeclinedError, InvalidInputError: as the three do; any other exception pydicom raises
+            on the header (a value of the wrong length, say) as ``corrupt``.
+    """
+    try:
+        check_acceptable(ds)
+        check_identity(ds)
+        check_pixel_header(ds)
+    except DicomIOError:
+        raise
+    except Exception as e:  # pydicom raises many types for corrupt headers
+        raise InvalidInputError("corrupt", f"{type(e).__name__}: {e}") from e

@@ -13,7 +13,7 @@ import pydicom
 from pydicom.dataset import Dataset
 
 from dicom_io.errors import DicomIOError, InvalidInputError
-from dicom_io.gate import check_acceptable, check_identity, check_pixel_header
+from dicom_io.gate import check_header
 from dicom_io.pixels import display_pixels
 from domain.image import SourceImage
 
@@ -46,7 +46,8 @@ def read_dataset(source: str | Path | bytes | BinaryIO) -> Dataset:
 def from_dataset(ds: Dataset, name: str = "dataset") -> SourceImage:
     """Gate and decode a dataset (as read from a file or received over the network).
 
-    The gate is whole here: what this returns can be scored and can carry results.
+    The whole gate (:func:`dicom_io.gate.check_header`) runs here: what this returns can be
+    scored and can carry results.
 
     Raises:
         DeclinedError: valid object the model must not see (see :mod:`dicom_io.gate`).
@@ -56,9 +57,7 @@ def from_dataset(ds: Dataset, name: str = "dataset") -> SourceImage:
             pydicom raises on it).
     """
     try:
-        check_acceptable(ds)
-        check_identity(ds)
-        check_pixel_header(ds)
+        check_header(ds)
         display = display_pixels(ds)
         header = Dataset()
         header.update({elem.tag: elem for elem in ds if elem.tag != 0x7FE00010})
@@ -73,8 +72,13 @@ def from_dataset(ds: Dataset, name: str = "dataset") -> SourceImage:
 def load_png(path: str | Path) -> SourceImage:
     """Load an 8- or 16-bit grayscale PNG as training did (``skimage.io.imread``, channel 0)."""
     import skimage.io
+    from PIL import Image
 
     try:
+        # Checked first (chunk CRCs, truncation) with Pillow, which says what is wrong in its
+        # exception; the readers skimage falls back on print libpng's errors to stderr.
+        with Image.open(path) as check:
+            check.verify()
         arr = skimage.io.imread(str(path))
     except Exception as e:
         raise InvalidInputError("not-png", f"PNG not readable: {e}") from e

@@ -158,6 +158,12 @@ def empty_series_instance_uid() -> BrokenFile:
                     lambda ds: _raw(ds, "SeriesInstanceUID", "UI", b""))
 
 
+def sop_instance_uid_wrong_vr() -> BrokenFile:
+    """SOP Instance UID written as US of one byte: pydicom raises on reading its value."""
+    return _changed("sop-instance-uid-wrong-vr", "corrupt",
+                    lambda ds: _raw(ds, "SOPInstanceUID", "US", b"\x01"))
+
+
 def invalid_study_instance_uid() -> BrokenFile:
     """A UID with a leading-zero component (PS3.5 9.1 forbids it)."""
     return _changed("invalid-study-instance-uid", "invalid-uid",
@@ -190,6 +196,16 @@ def not_dicom() -> BrokenFile:
 def broken_png() -> BrokenFile:
     """A PNG signature and then garbage (a download cut short)."""
     return BrokenFile("broken-png", b"\x89PNG\r\n\x1a\n" + b"\x00garbage" * 100, "not-png")
+
+
+def truncated_png() -> BrokenFile:
+    """A 16-bit grayscale PNG of the radiograph, cut in the middle of its image data."""
+    import cv2
+
+    ok, png = cv2.imencode(".png", base_dataset().pixel_array)
+    assert ok
+    data = png.tobytes()
+    return BrokenFile("truncated-png", data[: len(data) // 2], "not-png")
 
 
 def empty_file() -> BrokenFile:
@@ -257,11 +273,13 @@ BROKEN: dict[str, Callable[[], BrokenFile]] = {
     "missing-study-instance-uid": missing_study_instance_uid,
     "empty-series-instance-uid": empty_series_instance_uid,
     "invalid-study-instance-uid": invalid_study_instance_uid,
+    "sop-instance-uid-wrong-vr": sop_instance_uid_wrong_vr,
     "truncated-pixel-data": truncated_pixel_data,
     "truncated-header": truncated_header,
     "preamble-only": preamble_only,
     "not-dicom": not_dicom,
     "broken-png": broken_png,
+    "truncated-png": truncated_png,
     "empty-file": empty_file,
     "rows-too-large": rows_too_large,
     "rows-too-small": rows_too_small,

@@ -117,7 +117,7 @@ def test_predict_over_broken_real_world_files(
     cases["99-good-last.dcm"] = BROKEN["good"]()
     out = tmp_path / "out"
     rc = main(["predict", str(inputs), "--model", str(whole_model_path), "--out", str(out),
-               "--explain", "none", "--batch-size", "4"])
+               "--batch-size", "4"])  # the default explanation: Grad-CAM, and every result
     err = capsys.readouterr().err
     assert rc == 1, err
     assert "Traceback" not in err and "cxr-node predict:" not in err
@@ -136,7 +136,8 @@ def test_predict_over_broken_real_world_files(
         ds = pydicom.dcmread(inputs / name, stop_before_pixels=True)
         result = _result(out, str(ds.SOPInstanceUID).rstrip("\x00"))
         assert len(result["findings"]) == 26
-        assert {"sr"} <= set(result["dicom"]), (name, result.get("dicom"))
+        assert {"sr", "sc", "pm"} <= set(result["dicom"]), (name, result.get("dicom"))
+        assert "heatmap.png" in result["explanation"]["files"]
     assert f"{len(scored)} image(s) written to {out}, {len(refused)} failed" in err
 
 
@@ -236,3 +237,33 @@ def test_duplicate_and_unreadable_inputs_get_their_line(
     assert lines["good0.dcm"].startswith("duplicate: ") and "copy.dcm" in lines["good0.dcm"]
     assert lines["pipe.dcm"].startswith("unreadable: ")
     assert len(lines) == 2
+
+
+def test_folder_that_cannot_be_listed_gets_its_line(
+    tmp_path: Path, loaded_model, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import io
+    import os
+
+    from inference import Predictor
+    from node.cli.predict import ResultWriter, iter_inputs, run_batch
+
+    inputs = tmp_path / "in"
+    (inputs / "locked").mkdir(parents=True)
+    [good] = _images(inputs, 1)
+    real = os.scandir
+
+    def scandir(path):
+        if Path(path).name == "locked":
+            raise PermissionError(13, "Permission denied", str(path))
+        return real(path)
+
+    monkeypatch.setattr(os, "scandir", scandir)
+    paths = list(iter_inputs([inputs]))
+    assert paths == [good, inputs / "locked"] or paths == [inputs / "locked", good]
+    errors = io.StringIO()
+    report = run_batch(paths, Predictor(loaded_model), ResultWriter(loaded_model,
+                       tmp_path / "out"), errors=errors, progress=False)
+    assert errors.getvalue().splitlines() == [
+        f"{inputs / 'locked'}: unreadable: a folder that cannot be listed"]
+    assert len(report.written) == 1

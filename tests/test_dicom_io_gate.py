@@ -27,7 +27,7 @@ from pydicom.uid import (
 
 import dicom_io
 from dicom_io import DeclinedError, DicomIOError, InvalidInputError
-from dicom_io.gate import check_identity, uid_problem
+from dicom_io.gate import check_header, check_identity, uid_problem
 from dicom_io.uids import (
     CR_IMAGE_STORAGE,
     DX_PRESENTATION_STORAGE,
@@ -372,6 +372,27 @@ def test_load_raises_only_dicom_io_errors(cr: Dataset, tmp_path: Path):
 
 
 # --- identity: what results reference is checked where the object arrives ------------------
+
+
+#: REFUSED cases refused only once the pixels are decoded (not by the header alone).
+DECODE_REFUSALS = {"claims-j2k", "unknown-transfer-syntax", "modality-lut-without-data",
+                   "slope-not-a-number"}
+
+
+@pytest.mark.parametrize(("mutate", "cls", "code", "words"),
+                         [pytest.param(*case[1:5], id=case[0]) for case in REFUSED
+                          if case[0] not in DECODE_REFUSALS])
+def test_check_header_refuses_what_from_dataset_refuses(cr: Dataset, mutate: Mutation, cls,
+                                                        code: str, words):
+    """The header gate a front runs where an object arrives is that of ``from_dataset``."""
+    with pytest.raises(DicomIOError) as e:
+        check_header(changed(cr, mutate))
+    check_refusal(e.value, cls, code, words)
+
+
+@pytest.mark.parametrize("mutate", [pytest.param(m, id=i) for i, m in ACCEPTED])
+def test_check_header_passes_what_from_dataset_passes(cr: Dataset, mutate: Mutation):
+    check_header(changed(cr, mutate))
 
 
 def test_identity_uids_with_padding_pass(cr: Dataset):

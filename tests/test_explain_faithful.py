@@ -100,6 +100,7 @@ def _monochrome1(display: np.ndarray, name: str) -> SourceImage:
     ds.file_meta.MediaStorageSOPClassUID = CR_IMAGE_STORAGE
     ds.SOPClassUID = CR_IMAGE_STORAGE
     ds.SOPInstanceUID = generate_uid()
+    ds.StudyInstanceUID, ds.SeriesInstanceUID = generate_uid(), generate_uid()  # the gate asks
     ds.Modality, ds.BodyPartExamined, ds.ViewPosition = "CR", "CHEST", "PA"
     ds.Rows, ds.Columns = display.shape
     ds.SamplesPerPixel = 1

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
-from dicom_io import DicomIOError, load
+from dicom_io import DicomIOError, InvalidInputError, load
 from domain import SourceImage
 from inference import LoadedModel, Predictor, Scored
 
@@ -83,6 +83,8 @@ class Failure:
 
 def _load(path: Path) -> SourceImage | DicomIOError:
     try:
+        if path.is_dir():  # from iter_inputs: a folder it could not list
+            return InvalidInputError("unreadable", "a folder that cannot be listed")
         return load(path)
     except DicomIOError as e:
         return e
