@@ -25,6 +25,8 @@ PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 def read_dataset(source: str | Path | bytes | BinaryIO) -> Dataset:
     """Parse a DICOM Part 10 file (or a bare dataset) from a path, bytes or a binary file."""
     if isinstance(source, bytes | bytearray):
+        if not source:
+            raise InvalidInputError("empty", "no DICOM data")
         source = io.BytesIO(source)
     try:
         ds = pydicom.dcmread(source, force=True)
@@ -56,15 +58,25 @@ def from_dataset(ds: Dataset, name: str = "dataset") -> SourceImage:
             decoding fails, or the header is corrupt (``corrupt``: any other exception
             pydicom raises on it).
     """
+    check_header(ds)
+    return decode(ds, name)
+
+
+def decode(ds: Dataset, name: str = "dataset") -> SourceImage:
+    """Decode a dataset that passed :func:`dicom_io.gate.check_header` already (where it
+    arrived): its display pixels and its header without the pixel data.
+
+    Raises:
+        InvalidInputError: decoding fails (``corrupt`` for any exception pydicom raises).
+    """
     try:
-        check_header(ds)
         display = display_pixels(ds)
         header = Dataset()
         header.update({elem.tag: elem for elem in ds if elem.tag != 0x7FE00010})
         header.file_meta = getattr(ds, "file_meta", Dataset())
     except DicomIOError:
         raise
-    except Exception as e:  # pydicom raises many types for corrupt headers
+    except Exception as e:  # pydicom raises many types for corrupt data
         raise InvalidInputError("corrupt", f"{type(e).__name__}: {e}") from e
     return SourceImage(name, display.array, display.maxval, header, display.steps)
 

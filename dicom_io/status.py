@@ -10,5 +10,7 @@ DATASET_DOES_NOT_MATCH = 0xA900
 CANNOT_UNDERSTAND = 0xC000
 #: Failure: SOP class not supported (STOW-RS Failure Reason).
 SOP_CLASS_NOT_SUPPORTED = 0x0122
+#: Failure: processing failure (a fault of the node with this object).
+PROCESSING_FAILURE = 0x0110
 #: Statuses a C-STORE SCU may treat as stored (success and the warnings of PS3.4 B.2.3).
 STORED = frozenset({SUCCESS, 0xB000, 0xB006, 0xB007})

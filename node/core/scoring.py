@@ -22,8 +22,6 @@ def read_upload(data: bytes, name: str = "request") -> SourceImage:
     Raises:
         DicomIOError: empty, unreadable or broken (``DeclinedError``: the gate declined it).
     """
-    if not data:
-        raise InvalidInputError("empty", "the request has no DICOM data")
     try:
         return from_dataset(read_dataset(data), name=name)
     except DicomIOError:

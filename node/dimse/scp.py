@@ -58,16 +58,18 @@ def handle_store(event: evt.Event, intake: Intake) -> int:
         sop_class = str(event.request.AffectedSOPClassUID)
         calling = event.assoc.requestor.ae_title.strip()
         received = receive(data, "dimse", calling)
+        header = received.dataset
+        data_class = str(header.get("SOPClassUID", ""))
+        data_uid = str(header.get("SOPInstanceUID", ""))
     except Exception as e:
         logger.warning("C-STORE could not be read: %s", type(e).__name__)
         return status.CANNOT_UNDERSTAND
-    header = received.dataset
     # The result must answer the image the sender asked about: the request and the data set
     # must name the same instance (else its results would reference another image).
-    if str(header.get("SOPClassUID", "")) != sop_class:
+    if data_class != sop_class:
         logger.warning("C-STORE refused: data set SOP Class is not the request's %s", sop_class)
         return status.DATASET_DOES_NOT_MATCH
-    if str(header.get("SOPInstanceUID", "")) != sop_uid:
+    if data_uid != sop_uid:
         logger.warning("C-STORE of %s refused: the data set names another SOP Instance", sop_uid)
         return status.CANNOT_UNDERSTAND
     try:

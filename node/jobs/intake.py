@@ -19,14 +19,7 @@ from typing import Any
 
 from pydicom.dataset import Dataset
 
-from dicom_io import (
-    DeclinedError,
-    DicomIOError,
-    InvalidInputError,
-    check_acceptable,
-    check_pixel_header,
-    read_dataset,
-)
+from dicom_io import DeclinedError, DicomIOError, check_header, read_dataset
 from node.jobs.model import JobOutcome, Ticket
 from node.jobs.queue import JobQueue, QueueFullError
 from node.jobs.records import JobRecords
@@ -52,7 +45,12 @@ class Received:
 
     @property
     def sop_instance_uid(self) -> str | None:
-        return str(self.dataset.get("SOPInstanceUID", "")).strip() or None
+        """The data set's SOP Instance UID; ``None`` when absent or unreadable (the gate's
+        verdict says why)."""
+        try:
+            return str(self.dataset.get("SOPInstanceUID", "")).strip() or None
+        except Exception:  # a value pydicom cannot read (wrong VR, wrong length)
+            return None
 
     def outcome(self) -> JobOutcome | None:
         if self.verdict is None:
@@ -62,14 +60,12 @@ class Received:
 
 
 def gate(ds: Dataset) -> DicomIOError | None:
-    """The gate's refusal of ``ds``, or ``None`` (header checks only; pixels stay unread)."""
+    """The gate's refusal of ``ds`` (:func:`dicom_io.check_header`), or ``None``; header
+    checks only, the pixels stay unread."""
     try:
-        check_acceptable(ds)
-        check_pixel_header(ds)
+        check_header(ds)
     except DicomIOError as e:
         return e
-    except Exception as e:  # pydicom raises many types for corrupt headers
-        return DicomIOError("corrupt", f"{type(e).__name__}: {e}")
     return None
 
 
@@ -80,8 +76,6 @@ def receive(data: bytes, origin: str, calling_ae: str | None = None,
     Raises:
         DicomIOError: ``data`` is not a readable DICOM object.
     """
-    if not data:
-        raise InvalidInputError("empty", "no DICOM data")
     ds = dataset if dataset is not None else read_dataset(data)
     return Received(data, ds, origin, calling_ae, dict(options or {}), gate(ds))
 

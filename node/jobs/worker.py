@@ -13,7 +13,7 @@ from concurrent.futures import InvalidStateError, ThreadPoolExecutor
 
 from pydicom.uid import ExplicitVRLittleEndian
 
-from dicom_io import DicomIOError, from_dataset, read_dataset
+from dicom_io import DeclinedError, DicomIOError, decode, from_dataset, read_dataset
 from domain import SourceImage
 from inference import Scored
 from node.core.memory import trim
@@ -69,12 +69,15 @@ class Worker(threading.Thread):
         self.decoder.shutdown(wait=False)
 
     def _load(self, work: Work) -> SourceImage | DicomIOError:
+        """Decode the job's image. Gated where it arrived; an object read back from storage
+        (after a restart, beyond the handoff's limit, from an earlier release) is parsed
+        and gated again."""
+        name = f"job {work.ticket.job_id}"
         try:
-            ds = work.dataset
-            if ds is None:
-                ds = read_dataset(self.store.get(work.ticket.key))
-            work.dataset = None  # the pixels are let go once decoded
-            return from_dataset(ds, name=f"job {work.ticket.job_id}")
+            ds, work.dataset = work.dataset, None  # the pixels are let go once decoded
+            if ds is not None:
+                return decode(ds, name=name)
+            return from_dataset(read_dataset(self.store.get(work.ticket.key)), name=name)
         except DicomIOError as e:
             return e
         except Exception as e:
@@ -101,7 +104,8 @@ class Worker(threading.Thread):
         good: list[tuple[Work, SourceImage]] = []
         for item, image in zip(work, loaded, strict=True):
             if isinstance(image, DicomIOError):
-                self.close(item, JobOutcome("failed", image.code, image.reason))
+                state = "skipped" if isinstance(image, DeclinedError) else "failed"
+                self.close(item, JobOutcome(state, image.code, image.reason))
             else:
                 good.append((item, image))
         if not good:
@@ -109,14 +113,21 @@ class Worker(threading.Thread):
         BATCH_SIZE.observe(len(good))
         try:
             scored = self.pipeline.score([image for _, image in good])
-        except Exception as e:
-            logger.exception("scoring a batch failed")
-            for item, _ in good:
-                self.close(item, JobOutcome("failed", "internal", type(e).__name__))
-            return
+        except Exception:
+            logger.exception("scoring a batch of %d failed; scoring its images one by one",
+                             len(good))
+            scored = []
+            for item, image in good:
+                try:
+                    [one] = self.pipeline.score([image])
+                    scored.append(one)
+                except Exception as e:  # this image alone fails
+                    self.close(item, JobOutcome("failed", "internal", type(e).__name__))
+                    scored.append(None)
         # Each image (full-size pixels) and its results are let go as soon as it is done, not
         # at the end of the batch.
-        pending = [(item, one) for (item, _), one in zip(good, scored, strict=True)][::-1]
+        pending = [(item, one) for (item, _), one in zip(good, scored, strict=True)
+                   if one is not None][::-1]
         del loaded, good, scored
         while pending:
             self._complete(*pending.pop())
@@ -132,6 +143,9 @@ class Worker(threading.Thread):
                          work.ticket.job_id, e, NO_ROOM_RETRY_S)
             self.records.requeued(work.ticket.job_id, f"no room for results: {e}")
             self.intake.queue.retry_later(work.ticket, NO_ROOM_RETRY_S)
+        except DicomIOError as e:  # the image cannot carry results (its code says why)
+            logger.warning("job %d failed: %s", work.ticket.job_id, e.code)
+            self.close(work, JobOutcome("failed", e.code, e.reason))
         except Exception as e:
             logger.exception("job %d failed", work.ticket.job_id)
             self.close(work, JobOutcome("failed", "internal", type(e).__name__))

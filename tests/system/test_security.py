@@ -12,6 +12,7 @@ import pydicom
 import pytest
 from conftest import record_figure
 
+from node.http.multipart import build_related
 from system.conftest import radiograph_copy
 from system.peers import Certificates, NodeProcess, Receiver, free_port, storescu, wait_until
 
@@ -124,15 +125,21 @@ def test_spool_quota_refuses_then_recovers_and_loses_nothing(
             if send_another():
                 break
         assert refused > 0, "the quota never filled"
-        r = httpx.post(f"{node.url}/score", content=files[0].read_bytes(), timeout=60,
+        body, content_type = build_related([files[-1].read_bytes()])
+        r = httpx.post(f"{node.url}/dicomweb/studies", content=body, timeout=60,
+                       headers={"Content-Type": content_type})
+        assert r.status_code == 409  # STOW-RS stores: refused, out of resources
+        assert r.json()["00081198"]["Value"][0]["00081197"]["Value"] == [0xA700]
+        # /score stores nothing (its answer is its acknowledgement): it still answers
+        r = httpx.post(f"{node.url}/score", content=files[0].read_bytes(), timeout=120,
                        headers={"Content-Type": "application/dicom"})
-        assert r.status_code == 503 and "retry-after" in r.headers
+        assert r.status_code == 200, r.text
         pacs.start()  # results flow out, the spool is purged, room comes back
         received = pacs.wait_for(3 * len(acknowledged), timeout=240)
         sources = {str(ref.ReferencedSOPInstanceUID) for ds in received
                    for ref in ds.get("SourceImageSequence", [])}
         assert set(acknowledged) <= sources
-        record_figure(f"fault spool full: {refused} C-STORE refused with 0xA700, HTTP 503; "
+        record_figure(f"fault spool full: {refused} C-STORE refused with 0xA700, STOW-RS 0xA700; "
                       f"all {len(acknowledged)} acknowledged delivered after space returned")
         wait_until(lambda: accepted(storescu(node.dicom_port, [files[-1]])), 60, 1,
                    "the node to take images again", node.proc)

@@ -6,6 +6,8 @@ was stored (ReferencedSOPSequence) and what failed, with a reason (FailedSOPSequ
 
 from __future__ import annotations
 
+import logging
+
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
@@ -17,6 +19,8 @@ from node.http.deps import get_node, read_body, require_token
 from node.http.errors import ApiError
 from node.http.multipart import parse_related, related_type
 from node.jobs.intake import receive
+
+logger = logging.getLogger(__name__)
 
 router = APIRouter(prefix="/dicomweb", tags=["DICOMweb"], dependencies=[Depends(require_token)])
 
@@ -34,30 +38,46 @@ def _item(sop_class: str | None, sop_instance: str | None, reason: int | None = 
     return item
 
 
+#: Gate codes that mean the object cannot be understood (else: it does not match its class).
+UNREADABLE_CODES = frozenset({"missing-uid", "invalid-uid", "corrupt", "not-dicom", "empty"})
+
+
 def store_one(node, data: bytes, study: str | None) -> tuple[bool, dict]:
     """Parse, gate and store one part; (stored, response item). A part the gate declines
-    (a lateral view...) is stored and recorded as skipped, as by C-STORE; one whose header
-    contradicts its pixel data is refused."""
+    (a lateral view...) is stored and recorded as skipped, as by C-STORE; one the gate finds
+    broken is refused with its code; one part's error never costs the others theirs."""
+    try:
+        return _store_one(node, data, study)
+    except Exception as e:  # a fault of the node with this part: this part fails alone
+        logger.exception("STOW-RS part could not be stored")
+        return False, _item(None, None, status.PROCESSING_FAILURE, type(e).__name__)
+
+
+def _store_one(node, data: bytes, study: str | None) -> tuple[bool, dict]:
     try:
         received = receive(data, "stow")
     except DicomIOError as e:
         return False, _item(None, None, status.CANNOT_UNDERSTAND, f"{e.code}: {e.reason}")
-    ds = received.dataset
-    sop_class = str(ds.get("SOPClassUID", "")) or None
+    ds, verdict = received.dataset, received.verdict
     sop_instance = received.sop_instance_uid
+    try:
+        sop_class = str(ds.get("SOPClassUID", "")) or None
+        target_study = str(ds.get("StudyInstanceUID", ""))
+    except Exception:  # a value pydicom cannot read: the gate's verdict says which
+        sop_class, target_study = None, ""
+    if sop_class and sop_class not in INPUT_SOP_CLASSES:
+        return False, _item(sop_class, sop_instance, status.SOP_CLASS_NOT_SUPPORTED,
+                            "SOP class not accepted: CR, DX or grayscale SC only")
+    if verdict is not None and not isinstance(verdict, DeclinedError):
+        reason = (status.CANNOT_UNDERSTAND if verdict.code in UNREADABLE_CODES
+                  else status.DATASET_DOES_NOT_MATCH)
+        return False, _item(sop_class, sop_instance, reason, f"{verdict.code}: {verdict.reason}")
     if not sop_class or not sop_instance:
         return False, _item(sop_class, sop_instance, status.CANNOT_UNDERSTAND,
                             "SOP UIDs missing")
-    if sop_class not in INPUT_SOP_CLASSES:
-        return False, _item(sop_class, sop_instance, status.SOP_CLASS_NOT_SUPPORTED,
-                            "SOP class not accepted: CR, DX or grayscale SC only")
-    if study and str(ds.get("StudyInstanceUID", "")) != study:
+    if study and target_study != study:
         return False, _item(sop_class, sop_instance, status.DATASET_DOES_NOT_MATCH,
                             "Study Instance UID differs from the target study")
-    verdict = received.verdict
-    if verdict is not None and not isinstance(verdict, DeclinedError):
-        return False, _item(sop_class, sop_instance, status.DATASET_DOES_NOT_MATCH,
-                            f"{verdict.code}: {verdict.reason}")
     try:
         node.intake.accept(received, node.settings.max_queue_depth)
     except OutOfResourcesError as e:
