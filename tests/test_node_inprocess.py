@@ -254,3 +254,81 @@ def test_workers_keep_running_after_a_batch_with_a_bad_object(node: Node,
 
     wait_until(done)
     assert threading.active_count() > 1
+
+
+#: What a DICOM front answers for a file ``cxr-node predict`` reads by its signature.
+FRONT_CODES = {"not-png": "not-dicom"}
+
+
+def front_code(case) -> str:
+    return "empty" if not case.data else FRONT_CODES.get(case.code, case.code)
+
+
+def test_every_broken_file_gets_its_own_answer_from_score(client: TestClient) -> None:
+    from broken_files import all_files
+
+    for case in all_files():
+        response = post_dicom(client, case.data)
+        if not case.refused:
+            assert response.status_code == 200, (case.name, response.text)
+            continue
+        assert response.status_code in (400, 422), (case.name, response.text)
+        assert response.json()["code"] == front_code(case), case.name
+    assert client.get("/healthz").status_code == 200
+
+
+def test_every_broken_file_gets_its_own_answer_from_stow(client: TestClient) -> None:
+    """One request with every file: each part is stored or refused on its own, with the
+    gate's code in its Error Comment."""
+    from broken_files import all_files
+
+    cases = all_files()
+    body, content_type = build_related([c.data for c in cases])
+    response = client.post("/dicomweb/studies", content=body,
+                           headers={"Content-Type": content_type})
+    assert response.status_code == 202
+    document = response.json()
+    stored = document["00081199"]["Value"]
+    failed = document["00081198"]["Value"]
+    kept = [c for c in cases if not c.refused or c.code in ("view", "blank-image")]
+    assert len(stored) == len(kept)  # declined and pixel-level failures are still stored
+    comments = [item.get("00000902", {}).get("Value", [""])[0] for item in failed]
+    for case in cases:
+        if case in kept or case.code == "sop-class":
+            continue
+        assert any(comment.startswith(front_code(case)) for comment in comments), case.name
+
+
+def test_every_broken_file_that_can_be_sent_gets_a_status_and_a_record(
+        node: Node) -> None:
+    """C-STORE answers success for what it could store (the gate's verdict is recorded, not
+    answered), and the record holds each file's own code."""
+    from broken_files import all_files
+
+    expected: dict[str, str] = {}
+    for case in all_files():
+        try:
+            ds = pydicom.dcmread(io.BytesIO(case.data))
+            uid = str(ds.SOPInstanceUID)
+            if ds.SOPClassUID != ComputedRadiographyImageStorage or not uid.strip():
+                continue
+        except Exception:  # not something a modality could send
+            continue
+        try:
+            answered = c_store(node, case.data)
+        except ValueError:  # pynetdicom refuses to send it (an invalid UID in its request)
+            continue
+        assert answered == 0x0000, case.name
+        expected[uid] = case.code
+
+    def closed() -> dict[str, str] | None:
+        rows = node.records.db.connection().execute(
+            f"SELECT sop_instance_uid, state, code FROM jobs WHERE sop_instance_uid IN"
+            f" ({','.join('?' * len(expected))})", list(expected)).fetchall()
+        if len(rows) < len(expected) or any(r[1] in ("queued", "processing") for r in rows):
+            return None
+        return {r[0]: "OK" if r[1] == "done" else r[2] for r in rows}
+
+    assert {"OK", "view", "short-pixel-data", "long-pixel-data",
+            "blank-image"} <= set(expected.values())
+    assert wait_until(closed, 60) == expected
