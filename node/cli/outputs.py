@@ -7,14 +7,13 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from domain import check_explain
 from inference import LoadedModel, Scored
 from node.core.pipeline import Pipeline
 
 logger = logging.getLogger(__name__)
 
 Extra = Callable[[Scored, Path, dict[str, Any]], None]
-
-EXPLAIN_CHOICES = ("gradcam", "gradcampp", "shap", "none")
 
 
 def output_extras(model: LoadedModel, explain: str, sanity: bool = False) -> list[Extra]:
@@ -24,8 +23,7 @@ def output_extras(model: LoadedModel, explain: str, sanity: bool = False) -> lis
     heat-map secondary capture and the parametric map (``sr.dcm``, ``heatmap_sc.dcm``,
     ``heatmap_pm.dcm``; DICOM sources only). ``result.json`` records what was written.
     """
-    if explain not in EXPLAIN_CHOICES:
-        raise ValueError(f"--explain {explain!r}: use one of {', '.join(EXPLAIN_CHOICES)}")
+    check_explain(explain)
     pipeline = Pipeline(model, explain, sanity=sanity)
 
     def extra(scored: Scored, folder: Path, result: dict[str, Any]) -> None:
