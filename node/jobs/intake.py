@@ -24,6 +24,7 @@ from node.jobs.model import JobOutcome, Ticket
 from node.jobs.queue import JobQueue, QueueFullError
 from node.jobs.records import JobRecords
 from node.jobs.storage import INCOMING, ObjectStore
+from node.metrics import JOBS
 
 logger = logging.getLogger(__name__)
 
@@ -161,6 +162,7 @@ class Intake:
             job_id = self.records.open(key, uid, received.calling_ae, received.origin,
                                        received.options, outcome)
             if outcome is not None:
+                JOBS.labels(received.origin, outcome.state).inc()
                 logger.info("received %s from %s as job %d: %s", uid,
                             received.calling_ae or "-", job_id, outcome)
                 if self.purge:
