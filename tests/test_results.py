@@ -13,6 +13,7 @@ import dataclasses
 import datetime
 import io
 import subprocess
+import types
 from pathlib import Path
 
 import highdicom as hd
@@ -355,6 +356,128 @@ def test_building_leaves_the_source_alone(cr_path: Path, builder: ResultBuilder)
     assert np.array_equal(image.pixels, pixels)
     rs.sr.PatientName = "Changed^Here"  # results share no elements with each other
     assert rs.sc.PatientName == rs.pm.PatientName == image.header.PatientName
+
+
+def _rich_source(cr_path: Path, folder: Path) -> SourceImage:
+    """The CR with more of what highdicom copies whole (patient and study sequences, a
+    clinical trial attribute) and lossy compression details."""
+    ds = pydicom.dcmread(cr_path)
+    ds.SOPInstanceUID = generate_uid(entropy_srcs=["cxr-node test rich instance"])
+    ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+    other, study = Dataset(), Dataset()
+    other.PatientID, other.TypeOfPatientID = "OTHER-1", "TEXT"
+    study.ReferencedSOPClassUID = "1.2.840.10008.3.1.2.3.1"
+    study.ReferencedSOPInstanceUID = generate_uid(entropy_srcs=["cxr-node test rich study"])
+    ds.OtherPatientIDsSequence, ds.ReferencedStudySequence = [other], [study]
+    ds.PatientAge, ds.ClinicalTrialSponsorName = "062Y", "Sponsor"
+    ds.LossyImageCompression, ds.LossyImageCompressionRatio = "01", [10, 12.5]
+    ds.LossyImageCompressionMethod = ["ISO_10918_1", "ISO_10918_1"]
+    ds.save_as(folder / "rich.dcm", enforce_file_format=True)
+    return dicom_io.load(folder / "rich.dcm")
+
+
+def _ids(ds: Dataset, out: dict | None = None) -> dict[int, str]:
+    """``id -> keyword`` of every element, item and multi-value in ``ds``, all levels (raw
+    elements, such as the SR's stencil-encoded content, are left raw)."""
+    out = {} if out is None else out
+    for tag in ds.keys():  # noqa: SIM118 (a Dataset iterates its elements, converting them)
+        elem = ds.get_item(tag)
+        if not isinstance(elem, pydicom.DataElement):
+            continue
+        out[id(elem)] = elem.keyword
+        if elem.VR == "SQ":
+            for item in elem.value:
+                out[id(item)] = f"{elem.keyword} item"
+                _ids(item, out)
+        elif isinstance(elem.value, pydicom.multival.MultiValue):
+            out[id(elem.value)] = f"{elem.keyword} value"
+    return out
+
+
+def test_one_source_context_and_header_copy_per_image(
+    monkeypatch: pytest.MonkeyPatch, cr_path: Path, tmp_path: Path, builder: ResultBuilder
+) -> None:
+    """SR, capture and map of one image share one source context: the header trimmed and
+    copied once, the findings checked once; each object has its own copy only of the few
+    elements highdicom puts into it whole, and nothing of the source or of another object."""
+    from dicom_io.results import builder as builder_module
+    from dicom_io.results import source as source_module
+    from dicom_io.results import sr as sr_module
+
+    image = _rich_source(cr_path, tmp_path)
+    header = copy.deepcopy(image.header)
+    copied, contexts, snapshots, checked = [], [], [], []
+    finding_values = sr_module.finding_values
+
+    def counted_deepcopy(value, memo=None):
+        copied.append(value)
+        return copy.deepcopy(value, memo)
+
+    def context(img):
+        contexts.append(source_module.source_context(img))
+        snapshots.append(copy.deepcopy(contexts[-1].reference))
+        return contexts[-1]
+
+    def findings(pred):
+        checked.append(pred)
+        return finding_values(pred)
+
+    monkeypatch.setattr(source_module, "copy", types.SimpleNamespace(deepcopy=counted_deepcopy))
+    monkeypatch.setattr(builder_module, "source_context", context)
+    monkeypatch.setattr(builder_module, "finding_values", findings)
+    monkeypatch.setattr(sr_module, "finding_values", findings)
+    rs = builder.build(image, prediction(), heat_map(image), timestamp=T1)
+
+    assert len(contexts) == len(checked) == 1
+    [reference] = contexts
+    datasets = [value for value in copied if isinstance(value, Dataset)]
+    assert len(datasets) == 1 and len(datasets[0]) < len(image.header) / 2  # trimmed, once
+    taken = source_module.taken_tags()
+    elements = [value for value in copied if not isinstance(value, Dataset)]
+    assert {elem.tag for elem in elements} <= taken
+    assert len(elements) == 3 * sum(tag in taken for tag in reference.reference.keys())  # noqa: SIM118
+    assert image.header == header and reference.reference == snapshots[0]  # nothing changed
+
+    source_ids = _ids(image.header) | _ids(reference.reference)
+    owned = {}
+    for kind in ("sr", "sc", "pm"):
+        ds = getattr(rs, kind)
+        assert ds.OtherPatientIDsSequence[0].PatientID == "OTHER-1", kind
+        ids = _ids(ds)
+        assert not ids.keys() & source_ids, (kind, {ids[i] for i in ids.keys() & source_ids})
+        own = Dataset()
+        own.update({tag: ds.get_item(tag) for tag in ds.keys() if tag in taken})  # noqa: SIM118
+        owned[kind] = _ids(own)
+    assert not owned["sr"].keys() & owned["sc"].keys()
+    assert not owned["sr"].keys() & owned["pm"].keys()
+    assert not owned["sc"].keys() & owned["pm"].keys()
+
+
+@pytest.mark.parametrize("name", [*NAMES, "rich", "lossy"])
+def test_results_of_the_trimmed_header_are_those_of_the_whole_header(
+    monkeypatch: pytest.MonkeyPatch, builder: ResultBuilder, sources: dict, cr_path: Path,
+    cr_j2k_lossy_path: Path, tmp_path: Path, name: str,
+) -> None:
+    """The source context keeps only what results read of the header: results built from the
+    whole header, and with every element copied per result, are byte for byte the same."""
+    from dicom_io.results import source as source_module
+
+    class Every:
+        def __contains__(self, tag: object) -> bool:
+            return True
+
+    image = {"rich": lambda: _rich_source(cr_path, tmp_path),
+             "lossy": lambda: dicom_io.load(cr_j2k_lossy_path)}.get(name, lambda: sources[name])()
+    args = (image, prediction(), heat_map(image, signed=name == "dx"))
+    trimmed = builder.build(*args, timestamp=T1)
+    monkeypatch.setattr(source_module, "reference_tags", Every)
+    whole = builder.build(*args, timestamp=T1)
+    monkeypatch.setattr(source_module, "taken_tags", Every)
+    untabled = builder.build(*args, timestamp=T1)
+    for kind in ("sr", "sc", "pm"):
+        expected = _to_bytes(getattr(trimmed, kind))
+        assert _to_bytes(getattr(whole, kind)) == expected, kind
+        assert _to_bytes(getattr(untabled, kind)) == expected, kind
 
 
 def test_lossy_source_gives_lossy_results(

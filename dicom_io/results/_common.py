@@ -1,10 +1,10 @@
-"""What every result object shares: the model's identity, the source's identity, timestamps."""
+"""What every result object shares: the model's identity, the source's identity, timestamps.
+
+The source context lives in :mod:`~dicom_io.results.source` (re-exported here)."""
 
 from __future__ import annotations
 
-import copy
 import datetime
-import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import cache
@@ -16,31 +16,17 @@ from pydicom.dataset import Dataset
 from pydicom.uid import UID
 from pydicom.valuerep import DA, DT, TM
 
-from dicom_io.errors import ResultBuildError
-from dicom_io.gate import CHEST_BODY_PARTS
 from dicom_io.results import codes
-from dicom_io.results.uids import check_sha256, check_uid, device_uid
+from dicom_io.results.source import LOSSY_TRANSFER_SYNTAXES as LOSSY_TRANSFER_SYNTAXES
+from dicom_io.results.source import PATIENT_STUDY_KEYWORDS as PATIENT_STUDY_KEYWORDS
+from dicom_io.results.source import SourceContext
+from dicom_io.results.source import source_context as source_context
+from dicom_io.results.uids import check_sha256, device_uid
 from dicom_io.uids import NODE_MANUFACTURER
-from domain import HeatMap, SourceImage
+from domain import HeatMap
 
 #: Longest LO (Long String) value.
 LO_MAX = 64
-
-#: Patient and study attributes every result carries (Type 2: present, possibly empty).
-PATIENT_STUDY_KEYWORDS = (
-    "PatientName", "PatientID", "PatientBirthDate", "PatientSex",
-    "AccessionNumber", "StudyID", "StudyDate", "StudyTime", "ReferringPhysicianName",
-)
-
-#: Transfer syntaxes whose decoded pixels already lost information.
-LOSSY_TRANSFER_SYNTAXES = frozenset({
-    "1.2.840.10008.1.2.4.50", "1.2.840.10008.1.2.4.51", "1.2.840.10008.1.2.4.91",
-    "1.2.840.10008.1.2.4.81", "1.2.840.10008.1.2.4.203", "1.2.840.10008.1.2.4.100",
-    "1.2.840.10008.1.2.4.101", "1.2.840.10008.1.2.4.102", "1.2.840.10008.1.2.4.103",
-    "1.2.840.10008.1.2.4.104", "1.2.840.10008.1.2.4.105", "1.2.840.10008.1.2.4.106",
-})  # fmt: skip
-
-_ORIENTATION = re.compile(r"^[LRAPHF]{1,3}$")
 
 
 @cache
@@ -211,134 +197,6 @@ class ModelIdentity:
         )
         item.DeviceUID = self.device_uid
         return item
-
-
-@dataclass(frozen=True)
-class SourceContext:
-    """The source image as the result objects reference it.
-
-    ``reference`` is a copy of the source header (no pixel data) whose patient and study
-    attributes are all present and valid for highdicom (absent or malformed ones empty).
-    Each object gets its own copy (:meth:`reference_copy`): highdicom copies elements by
-    reference, and results must not share elements with each other.
-    """
-
-    image: SourceImage
-    reference: Dataset
-    study_uid: str
-    series_uid: str
-    sop_uid: str
-    sop_class_uid: str
-    modality: str
-    instance_number: int
-    pixel_spacing: tuple[float, float] | None
-    patient_orientation: tuple[str, str] | None
-    burned_in_annotation: bool
-    lossy: bool
-    body_part: str = "CHEST"
-
-    def reference_copy(self) -> Dataset:
-        ds = copy.deepcopy(self.reference)
-        ds.file_meta = copy.deepcopy(self.reference.file_meta)
-        return ds
-
-    @property
-    def rows(self) -> int:
-        return self.image.rows
-
-    @property
-    def columns(self) -> int:
-        return self.image.columns
-
-
-def _valid_date(value: Any, kind: type) -> bool:
-    try:
-        kind(str(value))
-    except (TypeError, ValueError):
-        return False
-    return True
-
-
-def source_context(image: SourceImage) -> SourceContext:
-    """Check that ``image`` can be referenced by results and collect what they copy from it.
-
-    Raises:
-        TypeError: ``image`` is not a :class:`SourceImage`.
-        ResultBuildError: ``image`` has no DICOM header (PNG) or lacks its UIDs, or its
-            header disagrees with its pixels.
-    """
-    if not isinstance(image, SourceImage):
-        raise TypeError(f"image must be a SourceImage, not {type(image).__name__}")
-    header = image.header
-    if header is None:
-        raise ResultBuildError(
-            "no-dicom-source", f"{image.name} is not DICOM: results reference a DICOM image"
-        )
-    uids = {}
-    for keyword in ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID", "SOPClassUID"):
-        try:
-            uids[keyword] = check_uid(keyword, str(header.get(keyword, "") or ""))
-        except ValueError as e:
-            raise ResultBuildError("source-uid", f"source {keyword}: {e}") from None
-    rows, columns = header.get("Rows"), header.get("Columns")
-    if (rows, columns) != (image.rows, image.columns):
-        raise ResultBuildError(
-            "source-geometry",
-            f"header says {rows}x{columns}, pixels are {image.rows}x{image.columns}",
-        )
-
-    # A deep copy: pydicom sets values on shared elements in place, the caller's header
-    # must not change (the header has no pixel data: this is cheap).
-    reference = Dataset()
-    reference.update({elem.tag: elem for elem in header if elem.tag != 0x7FE00010})
-    reference = copy.deepcopy(reference)
-    # (a header made in memory has no file_meta attribute at all)
-    reference.file_meta = copy.deepcopy(getattr(header, "file_meta", Dataset()))
-    for keyword in PATIENT_STUDY_KEYWORDS:
-        if reference.get(keyword) is None:
-            setattr(reference, keyword, None)
-    if str(reference.PatientSex or "").strip().upper() not in {"", "M", "F", "O"}:
-        reference.PatientSex = None
-    for keyword, kind in (("PatientBirthDate", DA), ("StudyDate", DA), ("StudyTime", TM)):
-        value = reference.get(keyword)
-        if value not in (None, "") and not _valid_date(value, kind):
-            setattr(reference, keyword, None)
-
-    orientation = header.get("PatientOrientation")
-    patient_orientation = None
-    if orientation is not None and not isinstance(orientation, str) and len(orientation) == 2:
-        pair = (str(orientation[0]).strip().upper(), str(orientation[1]).strip().upper())
-        if all(_ORIENTATION.match(v) for v in pair):
-            patient_orientation = pair
-
-    try:
-        instance_number = int(header.get("InstanceNumber") or 1)
-    except (TypeError, ValueError):
-        instance_number = 1
-    # The gate admits only chest images; results say so (General Series, Laterality 2C).
-    body_part = str(header.get("BodyPartExamined", "") or "").strip().upper() or "CHEST"
-    if body_part not in CHEST_BODY_PARTS or " " in body_part:
-        body_part = "CHEST"
-    meta = getattr(header, "file_meta", None)
-    tsuid = str(meta.get("TransferSyntaxUID", "")) if meta is not None else ""
-    lossy = str(header.get("LossyImageCompression", "")).strip() == "01" or (
-        tsuid in LOSSY_TRANSFER_SYNTAXES
-    )
-    return SourceContext(
-        image=image,
-        reference=reference,
-        study_uid=uids["StudyInstanceUID"],
-        series_uid=uids["SeriesInstanceUID"],
-        sop_uid=uids["SOPInstanceUID"],
-        sop_class_uid=uids["SOPClassUID"],
-        modality=str(header.get("Modality", "") or "").strip().upper(),
-        instance_number=max(1, instance_number),
-        pixel_spacing=image.pixel_spacing,
-        patient_orientation=patient_orientation,
-        burned_in_annotation=str(header.get("BurnedInAnnotation", "")).strip().upper() == "YES",
-        lossy=lossy,
-        body_part=body_part,
-    )
 
 
 def normalise_timestamp(when: datetime.datetime | None) -> datetime.datetime:

@@ -15,13 +15,12 @@ from dicom_io.results import uids
 from dicom_io.results._common import (
     ModelIdentity,
     ModelLike,
-    SourceContext,
     check_heatmap,
     normalise_timestamp,
-    source_context,
 )
 from dicom_io.results.pm import build_pm
 from dicom_io.results.sc import build_sc
+from dicom_io.results.source import SourceContext, source_context
 from dicom_io.results.sr import FindingsReportTemplate, finding_values
 from domain import HeatMap, Prediction, ResultSet, SourceImage
 
@@ -121,8 +120,10 @@ class ResultBuilder:
                 highdicom refused to build an object.
         """
         when = normalise_timestamp(timestamp)
+        # Once per image: the header is read, trimmed and copied here, the findings checked
+        # here; the three objects share both.
         source = source_context(image)
-        finding_values(prediction)
+        findings = finding_values(prediction)
         values = signed = None
         note = "no heat map"
         label = method = ""
@@ -137,7 +138,7 @@ class ResultBuilder:
                 note = None
         try:
             sr = self.template.build(
-                source, prediction, heatmap, when=when,
+                source, prediction, heatmap, when=when, findings=findings,
                 series_description=self.series_description("sr"), **self._uids("sr", source),
             )
             sc = pm = None

@@ -28,13 +28,8 @@ from pydicom.dataset import Dataset
 from pydicom.sr.codedict import codes as dcm_codes
 from pydicom.uid import ExplicitVRLittleEndian
 
-from dicom_io.results._common import (
-    ModelIdentity,
-    SourceContext,
-    clip_lo,
-    date_time_kwargs,
-    finish,
-)
+from dicom_io.results._common import ModelIdentity, clip_lo, date_time_kwargs, finish
+from dicom_io.results.source import SourceContext
 from dicom_io.results.uids import dimension_organization_uid, frame_of_reference_uid
 
 #: Patient axes of the Patient Orientation letters (PS3.3 C.7.6.1.1.1).
@@ -47,6 +42,12 @@ _AXES = {
 DEFAULT_ORIENTATION = (1.0, 0.0, 0.0, 0.0, 0.0, -1.0)
 #: Label of the real-world value mapping and content label of the map.
 LUT_LABEL = "HEATMAP"
+#: The map's source geometry (set by :func:`build_pm`, never the source's).
+GEOMETRY = (
+    "FrameOfReferenceUID", "PositionReferenceIndicator", "ImagePositionPatient",
+    "ImageOrientationPatient", "PixelSpacing", "SliceThickness", "NumberOfFrames",
+    "SharedFunctionalGroupsSequence", "PerFrameFunctionalGroupsSequence",
+)
 
 
 def orientation_cosines(patient_orientation: tuple[str, str] | None) -> tuple[float, ...]:
@@ -80,8 +81,9 @@ def build_pm(
     spacing = source.pixel_spacing
     cosines = orientation_cosines(source.patient_orientation)
     # highdicom derives the map's frame of reference and checks its geometry against the
-    # first source image: give it the source with the nominal geometry described above.
-    geometry = source.reference_copy()
+    # first source image: give it the source with the nominal geometry described above
+    # (new elements, set here: any the source has are shared with the other objects).
+    geometry = source.for_result(*GEOMETRY)
     geometry.FrameOfReferenceUID = frame_of_reference_uid(source.sop_uid)
     geometry.PositionReferenceIndicator = None
     geometry.ImagePositionPatient = [0.0, 0.0, 0.0]
@@ -98,7 +100,7 @@ def build_pm(
     frame.PlanePositionSequence = PlanePositionSequence("PATIENT", [0.0, 0.0, 0.0])
     geometry.SharedFunctionalGroupsSequence = [shared]
     geometry.PerFrameFunctionalGroupsSequence = [frame]
-    if "NumberOfFrames" in geometry:
+    if "NumberOfFrames" in source.reference:
         geometry.NumberOfFrames = 1
 
     low, high = (-1.0, 1.0) if signed else (0.0, 1.0)

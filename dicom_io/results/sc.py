@@ -17,12 +17,12 @@ from pydicom.uid import ExplicitVRLittleEndian
 
 from dicom_io.results._common import (
     ModelIdentity,
-    SourceContext,
     clip_lo,
     date_time_kwargs,
     finish,
     source_image_item,
 )
+from dicom_io.results.source import SourceContext
 
 #: Opacity of the colour where the heat map is 1 (it falls linearly to 0 with the map).
 ALPHA_MAX = 0.6
@@ -127,7 +127,7 @@ def build_sc(
     """The overlay capture of checked heat-map ``values`` (float32, source grid)."""
     image = source.image
     rgb = overlay(image.pixels, image.maxval, values, signed)
-    reference = source.reference_copy()
+    reference = source.for_result()  # its own patient, study and lossy elements (copied below)
     sc = SCImage(
         pixel_array=rgb,
         photometric_interpretation="RGB",

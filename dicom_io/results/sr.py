@@ -51,14 +51,8 @@ from pydicom.sr.codedict import codes as dcm_codes
 from pydicom.tag import Tag
 
 from dicom_io.results import codes
-from dicom_io.results._common import (
-    ModelIdentity,
-    SourceContext,
-    check_heatmap,
-    clip_lo,
-    date_time_kwargs,
-    finish,
-)
+from dicom_io.results._common import ModelIdentity, check_heatmap, clip_lo, date_time_kwargs, finish
+from dicom_io.results.source import SourceContext
 from dicom_io.results.stencil import GroupStencils, StencilError, encode_item, source_slots
 from dicom_io.results.uids import tracking_uid
 from domain import Finding, HeatMap, Prediction
@@ -256,6 +250,7 @@ class FindingsReportTemplate:
         sop_instance_uid: str,
         series_description: str,
         stencil: bool = True,
+        findings: list[tuple[str, float, float, bool]] | None = None,
     ) -> Comprehensive3DSR:
         """The SR of one image's prediction (and what became of its heat map).
 
@@ -265,8 +260,10 @@ class FindingsReportTemplate:
         around a content tree holding only the image library (all it reads from the content
         is the evidence the tree references), and the encoded tree replaces it: the same
         bytes, several times faster. The returned dataset holds its content tree raw.
+        ``findings``: :func:`finding_values` of ``prediction``, where the caller has them.
         """
-        findings = finding_values(prediction)
+        if findings is None:
+            findings = finding_values(prediction)
         if heatmap is not None:
             check_heatmap(heatmap)
         stencils = self._stencils([label for label, *_ in findings]) if stencil else None
@@ -303,7 +300,7 @@ class FindingsReportTemplate:
 
         # The private scheme is always declared: the TEXT item names use it.
         sr = Comprehensive3DSR(
-            evidence=[source.reference_copy()],
+            evidence=[source.for_result()],  # its own patient and study elements
             content=content,
             series_instance_uid=series_instance_uid,
             series_number=series_number,
