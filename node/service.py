@@ -149,6 +149,7 @@ class Node:
         import uvicorn
 
         from node.http import create_app
+        from node.http.protocol import body_protocol
 
         s = self.settings
         tls = {}
@@ -164,7 +165,7 @@ class Node:
                                 log_level="warning", timeout_keep_alive=30, access_log=False,
                                 limit_concurrency=max(64, 4 * s.max_associations),
                                 h11_max_incomplete_event_size=64 * 1024,
-                                **tls)
+                                http=body_protocol(), **tls)
         self.http_server = uvicorn.Server(config)
         self.http_thread = threading.Thread(target=self.http_server.run, name="http",
                                             daemon=True)
