@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import io
 import threading
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -17,6 +16,7 @@ from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 from pynetdicom import AE, AllStoragePresentationContexts, evt
 from pynetdicom.sop_class import ComputedRadiographyImageStorage
 
+from node.bench.harness import wait_until as harness_wait_until
 from node.dimse.scu import associate
 from node.http import create_app
 from node.http.multipart import build_related, parse_related
@@ -26,14 +26,8 @@ from node.settings import Settings
 
 
 def wait_until(predicate: Callable[[], object], timeout: float = 30) -> object:
-    """``predicate()``'s first true value, polled until ``timeout`` seconds have passed."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise AssertionError(f"not true within {timeout} s: {predicate}")
+    """``predicate()``'s first true value, polled every 50 ms for ``timeout`` seconds."""
+    return harness_wait_until(predicate, timeout, 0.05, getattr(predicate, "__name__", "it"))
 
 
 def small_cr(cr_path: Path, **changes: object) -> bytes:
