@@ -9,7 +9,7 @@ from __future__ import annotations
 import base64
 from typing import Any
 
-from dicom_io import DicomIOError, InvalidInputError, from_dataset, read_dataset
+from dicom_io import from_dataset, read_dataset
 from dicom_io.results.uids import instance_uid
 from domain import SourceImage
 from inference import LoadedModel
@@ -17,17 +17,13 @@ from node.core.pipeline import Outcome
 
 
 def read_upload(data: bytes, name: str = "request") -> SourceImage:
-    """Parse, gate and decode an uploaded object, once.
+    """Parse, gate and decode an uploaded object, once (each step turns pydicom's many
+    exception types into its own ``DicomIOError``).
 
     Raises:
         DicomIOError: empty, unreadable or broken (``DeclinedError``: the gate declined it).
     """
-    try:
-        return from_dataset(read_dataset(data), name=name)
-    except DicomIOError:
-        raise
-    except Exception as e:  # pydicom raises many types for corrupt files
-        raise InvalidInputError("corrupt", f"{type(e).__name__}: {e}") from e
+    return from_dataset(read_dataset(data), name=name)
 
 
 def result_uids(model: LoadedModel, sop_instance_uid: str | None) -> dict[str, str] | None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import threading
+from collections.abc import Sequence
 from concurrent.futures import InvalidStateError, ThreadPoolExecutor
 
 from pydicom.uid import ExplicitVRLittleEndian
@@ -84,7 +85,7 @@ class Worker(threading.Thread):
             return DicomIOError("corrupt", f"{type(e).__name__}: {e}")
 
     def close(self, work: Work, outcome: JobOutcome, result: Outcome | None = None,
-              deliveries: list = ()) -> None:
+              deliveries: Sequence[tuple[str, ResultObject]] = ()) -> None:
         """Record how ``work`` ended, then acknowledge its ticket and answer its waiter."""
         ticket = work.ticket
         self.records.close(ticket.job_id, outcome, deliveries)
