@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 from pathlib import Path
 
@@ -17,7 +18,6 @@ import dicom_io
 from domain import SourceImage
 from inference import (
     PADCHEST_LABELS,
-    InferenceError,
     ModelCardError,
     ModelLoadError,
     Predictor,
@@ -242,23 +242,22 @@ def test_onnx_export_in_a_child_process_enables_the_fast_path(
     assert sorted(p.name for p in tmp_path.iterdir()) == [f"{eager.sha256}.onnx"]
 
 
-def test_onnx_export_child_refuses_weights_that_changed(tmp_path: Path,
-                                                         whole_model_path: Path) -> None:
+def test_onnx_export_child_refuses_weights_that_changed(
+    tmp_path: Path, whole_model_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     """Weights replaced on disk after loading: the child's sha256 differs, nothing is cached
-    and the model keeps predicting with PyTorch."""
+    and the model keeps predicting with PyTorch; the log says why. (One child process: each
+    costs seconds of imports.)"""
     import dataclasses
 
     from inference.export import enable_onnx_fast_path, export_onnx_isolated
 
-    model = load_model(whole_model_path)
-    with pytest.raises(InferenceError, match="weights changed since they were loaded"):
-        export_onnx_isolated(dataclasses.replace(model, sha256="0" * 64), tmp_path / "x.onnx")
-    assert not (tmp_path / "x.onnx").exists()
-    assert list(tmp_path.iterdir()) == []  # the card handed to the child is removed
-    stale = dataclasses.replace(model, sha256="1" * 64)
-    assert not enable_onnx_fast_path(stale, tmp_path / "cache", exporter=export_onnx_isolated)
+    stale = dataclasses.replace(load_model(whole_model_path), sha256="1" * 64)
+    with caplog.at_level(logging.WARNING, logger="inference.export"):
+        assert not enable_onnx_fast_path(stale, tmp_path / "cache", exporter=export_onnx_isolated)
+    assert "weights changed since they were loaded" in caplog.text
     assert stale.session is None and stale.backend == "torch"
-    assert list((tmp_path / "cache").iterdir()) == []
+    assert list((tmp_path / "cache").iterdir()) == []  # nor the card handed to the child
 
 
 def test_onnx_export_that_fails_midway_leaves_nothing_in_the_cache(
