@@ -9,6 +9,7 @@ from domain.heatmap import HeatMap
 from domain.image import SourceImage
 from domain.methods import EXPLAIN_CHOICES, SERVED_METHODS, ExplainChoice, check_explain
 from domain.prediction import Finding, Prediction
+from domain.region import Region
 from domain.results import FILE_NAMES, ResultSet
 
 __all__ = [
@@ -19,6 +20,7 @@ __all__ = [
     "Finding",
     "HeatMap",
     "Prediction",
+    "Region",
     "ResultSet",
     "SourceImage",
     "check_explain",

@@ -1,10 +1,11 @@
-"""Explanations of a model's findings: Grad-CAM (through medcam) and SHAP, checked for sanity.
+"""Explanations of a model's findings: Grad-CAM (torch hooks; Grad-CAM++ and guided methods
+through medcam) and SHAP, checked for sanity.
 
 ``explain(model, scored, label, method) -> HeatMap`` is the one entry point; the map lies on
 the source image's pixel grid. ``write_outputs`` writes ``heatmap.png`` and ``heatmap.npy``.
 """
 
-from explain.api import BACKENDS, METHODS, explain, explain_batch, method_name
+from explain.api import BACKENDS, METHODS, explain, explain_batch, explain_labels, method_name
 from explain.errors import ExplainError
 from explain.outputs import overlay, write_outputs
 from explain.sanity import Randomisation
@@ -18,6 +19,7 @@ __all__ = [
     "default_layer",
     "explain",
     "explain_batch",
+    "explain_labels",
     "method_name",
     "overlay",
     "write_outputs",

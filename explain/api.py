@@ -1,5 +1,8 @@
 """One contract for every method: ``explain(model, scored, label, method) -> HeatMap``.
 
+``explain_labels`` explains several labels of one image; Grad-CAM serves them all from one
+forward pass (:mod:`explain.cam`), the other methods one label at a time.
+
 The map is made on the model grid, checked (:mod:`explain.sanity`), normalised and put back on
 the source image's pixel grid by undoing the centre crop and resize
 (:meth:`inference.preprocess.Geometry.to_source`). ``predict``, the node and HTTP all call this.
@@ -15,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from domain import HeatMap
+from explain.cam import gradcam_maps
 from explain.errors import ExplainError
 from explain.gradcam import gradcam_map
 from explain.sanity import Randomisation, cheap_checks, randomisation_check, verdict
@@ -26,9 +30,10 @@ from inference.preprocess import Geometry
 
 logger = logging.getLogger(__name__)
 
-#: Public method names and the backend each one runs (medcam's backend names, or SHAP).
+#: Public method names and the backend each one runs: Grad-CAM is the project's own
+#: (:mod:`explain.cam`, which says why), the others medcam's backends, or SHAP.
 BACKENDS: dict[str, str] = {
-    "gradcam": "gcam",
+    "gradcam": "gradcam",
     "gradcampp": "gcampp",
     "gbp": "gbp",
     "ggcam": "ggcam",
@@ -77,11 +82,20 @@ def model_target(model: LoadedModel) -> Target:
     return target_for(model.module, model.card.output, model.device)
 
 
-def _model_map(target: Target, batch: np.ndarray, index: int, method: str, layer: str | None,
-               params: dict[str, Any]) -> tuple[np.ndarray, dict[str, Any]]:
-    if method == "shap":
-        return shap_map(target, batch, index, **params)
-    return gradcam_map(target, batch, index, backend=BACKENDS[method], layer=layer)
+def _model_maps(target: Target, batch: np.ndarray, indices: Sequence[int], method: str,
+                layer: str | None, params: dict[str, Any]
+                ) -> tuple[list[np.ndarray], dict[str, Any]]:
+    if method == "gradcam":
+        return gradcam_maps(target, batch, indices, layer=layer)
+    maps, used = [], {}
+    for index in indices:
+        if method == "shap":
+            model_map, used = shap_map(target, batch, index, **params)
+        else:
+            model_map, used = gradcam_map(target, batch, index, backend=BACKENDS[method],
+                                          layer=layer)
+        maps.append(model_map)
+    return maps, used
 
 
 def normalise(model_map: np.ndarray, signed: bool) -> np.ndarray:
@@ -125,7 +139,8 @@ def explain(
         label: a label of the model card.
         method: one of :data:`METHODS` (medcam names ``gcam``/``gcampp`` also accepted).
         layer: Grad-CAM layer (default: ``features.norm5`` for a DenseNet, see
-            :func:`explain.target.default_layer`; ``"auto"`` lets medcam choose).
+            :func:`explain.target.default_layer`; ``"auto"`` lets medcam choose, for its
+            methods).
         sanity: also run the model-randomisation check (``True`` or its settings).
         **params: method parameters (SHAP: ``nsamples``, ``background``, ``blur_sigmas``,
             ``batch_size``, ``rseed``, ``local_smoothing``, ``smooth``).
@@ -133,6 +148,26 @@ def explain(
     Returns:
         A :class:`HeatMap` on the source grid; ``suppressed`` (with the reason) when a sanity
         check failed.
+    """
+    label = scored.prediction.default_label() if label is None else label
+    return explain_labels(model, scored, [label], method, layer=layer, sanity=sanity,
+                          **params)[0]
+
+
+def explain_labels(
+    model: LoadedModel,
+    scored: Scored,
+    labels: Sequence[str],
+    method: str = "gradcam",
+    *,
+    layer: str | None = None,
+    sanity: bool | Randomisation = False,
+    **params: Any,
+) -> list[HeatMap]:
+    """:func:`explain` for each of ``labels`` of one image, in their order.
+
+    Grad-CAM computes every label's map from one forward pass (and the randomisation check's
+    maps from one more); SHAP and medcam's methods explain one label at a time.
     """
     name = method_name(method)
     unknown = sorted(set(params) - METHOD_PARAMS[name])
@@ -142,14 +177,19 @@ def explain(
                             if METHOD_PARAMS[name] else ""))
     if layer is not None and name in ("shap", "gbp"):
         raise ValueError(f"layer {layer!r} does not apply to method {name!r}")
-    label = scored.prediction.default_label() if label is None else label
-    index = label_index(model, label)
+    if layer == "auto" and name == "gradcam":
+        raise ValueError("layer 'auto' is medcam's choice; Grad-CAM needs a named layer "
+                         "(default: the architecture's last feature map)")
+    if not labels:
+        raise ValueError("no label to explain")
+    indices = [label_index(model, label) for label in labels]
     size = model.card.preprocessing.size
     batch = np.asarray(scored.model_input, dtype=np.float32).reshape(1, 1, size, size)
     target = model_target(model)
     started = time.perf_counter()
-    model_map, used = _model_map(target, batch, index, name, layer, params)
-    checks = cheap_checks(model_map)
+    model_maps, used = _model_maps(target, batch, indices, name, layer, params)
+    random_maps: list[np.ndarray | None] = [None] * len(indices)
+    config = layers = None
     if sanity:
         config = sanity if isinstance(sanity, Randomisation) else Randomisation()
         random_target, layers = randomised_target(target, config.n_layers, config.seed)
@@ -157,14 +197,30 @@ def explain(
         layer_used = None if layer_used in (None, "input") else layer_used
         if layer_used and layer_used.startswith("auto:"):
             layer_used = "auto"
-        random_map, _ = _model_map(random_target, batch, index, name, layer_used, params)
+        random_maps = list(_model_maps(random_target, batch, indices, name, layer_used,
+                                       params)[0])
+    heatmaps = [
+        _heatmap(scored, label, index, name, model_map, used, random_map, config, layers, size)
+        for label, index, model_map, random_map in zip(labels, indices, model_maps,
+                                                       random_maps, strict=True)
+    ]
+    logger.debug("%s of %d label(s) for %s in %.2f s", name, len(labels), scored.image.name,
+                 time.perf_counter() - started)
+    return heatmaps
+
+
+def _heatmap(scored: Scored, label: str, index: int, name: str, model_map: np.ndarray,
+             used: dict[str, Any], random_map: np.ndarray | None,
+             config: Randomisation | None, layers: list[str] | None, size: int) -> HeatMap:
+    """One label's checked map, put on the source grid."""
+    checks = cheap_checks(model_map)
+    if random_map is not None and config is not None:
         checks["randomisation"] = randomisation_check(model_map, random_map, config, layers)
     suppressed, reason = verdict(checks)
     signed = name in SIGNED_METHODS
     geometry = scored.geometry
-    values = source_map(geometry, model_map, signed)
     heatmap = HeatMap(
-        values=values,
+        values=source_map(geometry, model_map, signed),
         label=label,
         method=name,
         params={
@@ -180,8 +236,6 @@ def explain(
         suppressed=suppressed,
         suppressed_reason=reason,
     )
-    logger.debug("%s of %r for %s in %.2f s%s", name, label, scored.image.name,
-                 time.perf_counter() - started, f" (suppressed: {reason})" if suppressed else "")
     if suppressed:
         logger.warning("%s map of %r for %s suppressed: %s", name, label, scored.image.name,
                        reason)

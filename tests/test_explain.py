@@ -24,6 +24,7 @@ from explain import (
     default_layer,
     explain,
     explain_batch,
+    explain_labels,
     method_name,
     write_outputs,
 )
@@ -65,7 +66,8 @@ def test_medcam_map_is_on_the_source_grid(loaded_model, cr_scored, method):
     assert heatmap.label == cr_scored.prediction.default_label()
     assert heatmap.params["label_index"] == loaded_model.card.labels.index(heatmap.label)
     assert heatmap.params["crop"] == {"top": 57, "left": 0, "side": 1841}
-    assert heatmap.params["library"] == "medcam"
+    assert heatmap.params["library"] == ("medcam" if method != "gradcam" else
+                                         "cxr-node (torch hooks)")
     if method != "gbp":
         assert heatmap.params["layer"] == "features.norm5"
     assert set(heatmap.sanity) == {"finite", "not_constant"}
@@ -146,13 +148,14 @@ def test_predicting_module_is_untouched_and_explainers_are_cached(loaded_model, 
     module = loaded_model.module
     before = loaded_model.probabilities(cr_scored.model_input[None])
     grads = [p.requires_grad for p in module.parameters()]
-    explain(loaded_model, cr_scored, method="gradcam")
+    explain(loaded_model, cr_scored, method="gradcampp")
     target = target_for(module)
-    wrapped = target.cache[("medcam", "gcam", "features.norm5")]
+    wrapped = target.cache[("medcam", "gcampp", "features.norm5")]
     explain(loaded_model, cr_scored, method="gradcam", sanity=True)
+    explain(loaded_model, cr_scored, method="gradcampp")
     explain(loaded_model, cr_scored, "Effusion", "shap", **SHAP_FAST)
     assert target_for(module) is target
-    assert target.cache[("medcam", "gcam", "features.norm5")] is wrapped
+    assert target.cache[("medcam", "gcampp", "features.norm5")] is wrapped
     assert target.net is not module and not hasattr(module, "medcam_dict")
     assert not any(m._forward_hooks or m._backward_hooks for m in module.modules())
     assert [p.requires_grad for p in module.parameters()] == grads
@@ -241,7 +244,23 @@ def test_write_outputs(loaded_model, cr_scored, tmp_path):
 
 
 def test_medcam_picks_the_layer_when_asked(loaded_model, cr_scored):
-    heatmap = explain(loaded_model, cr_scored, method="gcam", layer="auto")
-    assert heatmap.method == "gradcam" and heatmap.params["backend"] == "gcam"
+    heatmap = explain(loaded_model, cr_scored, method="gcampp", layer="auto")
+    assert heatmap.method == "gradcampp" and heatmap.params["backend"] == "gcampp"
     assert heatmap.params["layer"].startswith("auto:features")
     assert not heatmap.suppressed, heatmap.suppressed_reason
+
+
+def test_grad_cam_needs_a_named_layer(loaded_model, cr_scored):
+    with pytest.raises(ValueError, match="layer 'auto' is medcam's choice"):
+        explain(loaded_model, cr_scored, method="gradcam", layer="auto")
+
+
+def test_several_labels_share_one_forward_pass(loaded_model, cr_scored):
+    """``explain_labels`` gives each label the map ``explain`` gives it alone."""
+    labels = ["Effusion", "Nodule", loaded_model.card.labels[0]]
+    together = explain_labels(loaded_model, cr_scored, labels, "gradcam")
+    assert [h.label for h in together] == labels
+    for heatmap in together:
+        alone = explain(loaded_model, cr_scored, heatmap.label, "gradcam")
+        np.testing.assert_allclose(heatmap.values, alone.values, atol=1e-6)
+    assert not np.allclose(together[0].values, together[1].values)

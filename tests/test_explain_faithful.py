@@ -136,6 +136,10 @@ def cases(disc_model, cr_path) -> list[Case]:
         stored = stored - spot * rng.uniform(*CONTRAST) * float(ds.WindowWidth)
         ds.PixelData = np.clip(stored, 0, 2**15 - 1).astype("<u2").tobytes()
         made.append(("nema-cr", dicom_io.from_dataset(ds, f"cr{i}.dcm"), disc))
+    for i in range(2):  # large 16-bit (2048 x 2048, a detector's full resolution)
+        display, disc = _paste(chest_phantom(2048, 2048, rng), rng)
+        pixels = np.rint(np.clip(display, 0, 1) * 65535).astype(np.uint16)
+        made.append(("large16", SourceImage(f"large{i}.png", pixels, 65535), disc))
     for path in _real_images()[16:]:  # held-out half of the NIH sample
         image = dicom_io.load_png(path)
         display, disc = _paste(_display01(image), rng)
@@ -162,7 +166,10 @@ def _rate(results: dict[str, list]) -> float:
 
 def test_the_held_out_set_covers_the_geometries(cases):
     kinds = {c.kind for c in cases}
-    assert {"phantom", "monochrome1", "nema-cr"} <= kinds
+    assert {"phantom", "monochrome1", "nema-cr", "large16"} <= kinds
+    shapes = {(c.scored.image.rows > c.scored.image.columns) - (c.scored.image.rows
+              < c.scored.image.columns) for c in cases}
+    assert shapes == {-1, 0, 1}  # wide, square and tall
     assert any(c.scored.geometry.top > 0 for c in cases)  # rows cut
     assert any(c.scored.geometry.left > 0 for c in cases)  # columns cut
     mono = [c for c in cases if c.kind in ("monochrome1", "nema-cr")]
@@ -180,6 +187,58 @@ def test_pointing_game_in_source_coordinates(disc_model, cases, method):
     by_kind = {k: f"{sum(v)}/{len(v)}" for k, v in results.items()}
     record_figure(f"pointing game, {method}: {_rate(results):.0%} hits {by_kind}")
     assert _rate(results) >= 0.9, f"{method} hits {by_kind}"
+
+
+def _plain_gradcam(net: torch.nn.Module, x: np.ndarray, index: int,
+                   layer: str = "features.norm5") -> np.ndarray:
+    """Textbook Grad-CAM, written here without the project's code: a forward hook keeps the
+    layer's output, the gradient of the label's logit with respect to it, channel weights =
+    the gradient's spatial mean, ReLU of the weighted sum, bilinear up-sampling."""
+    import copy
+
+    net = copy.deepcopy(net).eval()
+    kept = {}
+    handle = dict(net.named_modules())[layer].register_forward_hook(
+        lambda _m, _a, output: kept.update(a=output))
+    try:
+        with torch.enable_grad():
+            logits = net(torch.as_tensor(x).clone().requires_grad_(True))
+            (grads,) = torch.autograd.grad(logits[0, index], kept["a"])
+    finally:
+        handle.remove()
+    weights = grads.mean(dim=(2, 3), keepdim=True)
+    cam = torch.relu((weights * kept["a"].detach()).sum(dim=1, keepdim=True))
+    cam = torch.nn.functional.interpolate(cam, size=x.shape[-2:], mode="bilinear",
+                                          align_corners=False)[0, 0].numpy()
+    return cam / cam.max()
+
+
+def test_grad_cam_is_the_plain_grad_cam_of_the_label(disc_model, cases):
+    """The shown map is the explained label's Grad-CAM: equal, within float tolerance, to a
+    plain hook-based Grad-CAM of the same layer and label put back through the centre crop,
+    and its peak is that map's peak. medcam's ``gcam`` on the same layer is not (it pairs the
+    layer's map after torchxrayvision's in-place ReLU with the gradient before it: see
+    ``explain/cam.py``), which is what this test would catch."""
+    from explain.gradcam import gradcam_map
+    from explain.target import target_for
+
+    target = target_for(disc_model.module)
+    index = DISC_LABELS.index("Disc")
+    medcam_off = []
+    for case in cases[::3]:
+        heatmap = explain(disc_model, case.scored, "Disc", "gradcam")
+        x = case.scored.model_input.reshape(1, 1, 224, 224)
+        plain = _plain_gradcam(disc_model.module, x, index)
+        expected = case.scored.geometry.to_source(plain)
+        expected /= expected.max()
+        np.testing.assert_allclose(heatmap.values, expected, atol=1e-4)
+        peak = np.unravel_index(int(np.argmax(expected)), expected.shape)
+        assert (heatmap.peak["row"], heatmap.peak["column"]) == tuple(int(v) for v in peak)
+        theirs, _ = gradcam_map(target, x, index, backend="gcam")
+        medcam_off.append(float(np.abs(theirs - plain).max()))
+    record_figure(f"medcam gcam vs plain Grad-CAM on the disc detector: largest difference "
+                  f"{min(medcam_off):.2f} to {max(medcam_off):.2f} (of 1)")
+    assert min(medcam_off) > 0.01
 
 
 def test_a_wrong_inverse_of_the_crop_would_be_caught(disc_model, cases):
