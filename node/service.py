@@ -62,7 +62,10 @@ class Node:
             self.model = load_model(s.model, card=s.card, cache_dir=s.weights_cache)
         self.model.session_batch = s.onnx_run_batch
         export = s.onnx_fast_path and self._start_fast_path()
-        self.pipeline = Pipeline(self.model, s.explain, batch_size=s.batch_size)
+        self.pipeline = Pipeline(self.model, s.explain, batch_size=s.batch_size,
+                                 explained_findings=s.explained_findings,
+                                 parametric_map=s.parametric_map,
+                                 capture_syntax=s.capture_syntax)
         self.warm_up()
         recovered = self.intake.recover()
         if recovered:

@@ -73,6 +73,13 @@ class Settings(BaseSettings):
     card: Path | None = None
     weights_cache: Path | None = None
     explain: str = Field("gradcam", description=f"one of {', '.join(EXPLAIN_CHOICES)}")
+    explained_findings: int = Field(3, ge=0, le=64, description="positive findings explained "
+                                    "and outlined in the SR and capture, most probable first")
+    parametric_map: bool = Field(False, description="also send the heat map as a float "
+                                 "parametric map (no viewer tried shows one for radiographs)")
+    capture_syntax: str = Field("1.2.840.10008.1.2.4.50", description="transfer syntax of "
+                                "the heat-map capture: JPEG baseline, JPEG 2000 lossless or "
+                                "explicit VR little endian")
     onnx_fast_path: bool = Field(True, description="predict with ONNX Runtime when the "
                                  "export matches PyTorch within 1e-4")
     onnx_run_batch: int = Field(1, ge=1, le=256, description="images per ONNX Runtime run "
@@ -126,6 +133,15 @@ class Settings(BaseSettings):
     @classmethod
     def _ae(cls, v: str) -> str:
         return check_ae_title(v)
+
+    @field_validator("capture_syntax")
+    @classmethod
+    def _capture_syntax(cls, v: str) -> str:
+        from dicom_io.results.sc import SC_TRANSFER_SYNTAXES
+
+        if v not in SC_TRANSFER_SYNTAXES:
+            raise ValueError(f"capture_syntax {v!r}: use one of {', '.join(SC_TRANSFER_SYNTAXES)}")
+        return v
 
     @field_validator("explain")
     @classmethod

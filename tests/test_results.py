@@ -41,7 +41,8 @@ from dicom_io.results import (
 from dicom_io.results import codes as rcodes
 from dicom_io.results._common import node_version
 from dicom_io.uids import NODE_MANUFACTURER
-from domain import FILE_NAMES, Finding, HeatMap, Prediction, ResultSet, SourceImage
+from domain import FILE_NAMES, Finding, HeatMap, Prediction, Region, ResultSet, SourceImage
+from explain.regions import region_of
 from inference.card import PADCHEST_LABELS
 
 T1 = datetime.datetime(2024, 5, 6, 7, 8, 9)
@@ -152,16 +153,24 @@ def sources(cr_path: Path, tmp_path_factory: pytest.TempPathFactory) -> dict:
 
 @pytest.fixture(scope="module")
 def builder(loaded_model) -> ResultBuilder:
-    return ResultBuilder(loaded_model)
+    """With the parametric map, which is off by default, so that it is checked too."""
+    return ResultBuilder(loaded_model, parametric_map=True)
+
+
+def region(heatmap: HeatMap, pred: Prediction) -> Region:
+    finding = next(f for f in pred.findings if f.label == heatmap.label)
+    return region_of(heatmap, finding.probability, finding.threshold)
 
 
 @pytest.fixture(scope="module")
 def results(sources: dict, builder: ResultBuilder, tmp_path_factory) -> dict:
-    """``name -> (ResultSet, {kind: path})``, the DX one with a signed heat map."""
+    """``name -> (ResultSet, {kind: path})``, the DX one with a signed heat map; the heat
+    map's finding outlined."""
     out = {}
     for name, image in sources.items():
-        rs = builder.build(image, prediction(), heat_map(image, signed=name == "dx"),
-                           timestamp=T1)
+        heatmap = heat_map(image, signed=name == "dx")
+        rs = builder.build(image, prediction(), heatmap,
+                           regions=[region(heatmap, prediction())], timestamp=T1)
         out[name] = (rs, rs.write(tmp_path_factory.mktemp(name)))
     return out
 
@@ -207,11 +216,16 @@ def test_sr_reads_back_every_probability_and_the_source(
 ) -> None:
     image = sources[name]
     sr = hd.sr.srread(results[name][1]["sr"])
-    assert isinstance(sr, hd.sr.Comprehensive3DSR)
+    assert isinstance(sr, hd.sr.ComprehensiveSR)
+    assert sr.SOPClassUID == "1.2.840.10008.5.1.4.1.1.88.33"
     assert sr.ContentTemplateSequence[0].TemplateIdentifier == "1500"
     groups = sr.content.get_image_measurement_groups()
+    [outlined] = sr.content.get_planar_roi_measurement_groups()
     expected = {f.label: f for f in prediction().findings}
-    assert {g.tracking_identifier for g in groups} == set(expected)
+    assert outlined.tracking_identifier == "Cardiomegaly"
+    assert {g.tracking_identifier for g in groups} == set(expected) - {"Cardiomegaly"}
+    uids = [g.tracking_uid for g in (*groups, outlined)]
+    assert len(set(uids)) == len(uids) == len(expected)  # one group, one UID per label
     for group in groups:
         finding = expected[group.tracking_identifier]
         code = finding_code(finding.label)
@@ -226,6 +240,21 @@ def test_sr_reads_back_every_probability_and_the_source(
         [ref] = group.source_images
         assert ref.referenced_sop_instance_uid == image.sop_uid
         assert ref.referenced_sop_class_uid == image.sop_class_uid
+    finding = expected["Cardiomegaly"]
+    # What a viewer prints from the NUM items: "Cardiomegaly probability: 43.21 %".
+    [probability] = outlined.get_measurements(name=rcodes.probability_of("Cardiomegaly"))
+    assert probability.name.meaning == "Cardiomegaly probability"
+    assert probability.value == pytest.approx(100 * finding.probability, abs=1e-3)
+    assert probability.unit == rcodes.UNIT_PERCENT and probability.unit.value == "%"
+    [threshold] = outlined.get_measurements(name=rcodes.threshold_of("Cardiomegaly"))
+    assert threshold.value == pytest.approx(100 * finding.threshold, abs=1e-3)
+    region = outlined.roi
+    assert region.graphic_type == hd.sr.GraphicTypeValues.POLYLINE
+    points = region.value
+    assert np.array_equal(points[0], points[-1]) and 5 <= len(points) <= 40
+    r, c = hot_spot(image)
+    assert Region("x", 0.5, 0.5, points, 0.5).contains(r + 0.5, c + 0.5)
+    assert region.ContentSequence[0].ReferencedSOPSequence[0].ReferencedSOPInstanceUID == image.sop_uid
     assert (image.study_uid, image.series_uid, image.sop_uid, image.sop_class_uid) in [
         tuple(str(u) for u in e) for e in sr.get_evidence()
     ]
@@ -315,8 +344,8 @@ def test_capture_and_map_lie_on_the_source_grid_with_the_hot_spot(
     r, c = hot_spot(image)
     paths = results[name][1]
     sc, pm = pydicom.dcmread(paths["sc"]), pydicom.dcmread(paths["pm"])
-    for ds in (sc, pm):
-        assert (ds.Rows, ds.Columns) == (image.rows, image.columns)
+    assert (pm.Rows, pm.Columns) == (image.rows, image.columns)
+    assert sc.Columns == image.columns and sc.Rows > image.rows  # the legend band below
     pm_spacing = pm.SharedFunctionalGroupsSequence[0].PixelMeasuresSequence[0].get(
         "PixelSpacing"
     )
@@ -336,13 +365,14 @@ def test_capture_and_map_lie_on_the_source_grid_with_the_hot_spot(
     assert mapping.DoubleFloatRealWorldValueLastValueMapped == 1.0
 
     rgb = sc.pixel_array.astype(int)
-    assert sc.PhotometricInterpretation == "RGB" and sc.BurnedInAnnotation == "NO"
+    # JPEG baseline (the default): colour as YBR_FULL_422; the legend is burnt in.
+    assert sc.PhotometricInterpretation == "YBR_FULL_422" and sc.BurnedInAnnotation == "YES"
     hot = rgb[r, c]
     assert hot[0] - hot[2] > 60, hot  # red where the map is 1
     far = rgb[image.rows - 5, 5]
-    assert far[0] == far[1] == far[2]  # the source, untouched, where the map is 0
+    assert far.max() - far.min() <= 6  # the source, grey, where the map is 0 (JPEG noise)
     gray = np.rint(image.pixels[image.rows - 5, 5] * 255.0 / image.maxval)
-    assert abs(far[0] - gray) <= 1
+    assert abs(far.mean() - gray) <= 6
     if name == "dx":  # the negative blob is blue
         neg = rgb[r, image.columns - c]
         assert neg[2] - neg[0] > 60, neg
@@ -485,9 +515,11 @@ def test_lossy_source_gives_lossy_results(
 ) -> None:
     image = dicom_io.load(cr_j2k_lossy_path)
     rs = builder.build(image, prediction(), heat_map(image), timestamp=T1)
-    for ds in (rs.sc, rs.pm):
-        assert ds.LossyImageCompression == "01"
-        assert ds.LossyImageCompressionRatio == image.header.LossyImageCompressionRatio
+    assert rs.pm.LossyImageCompression == "01"
+    assert rs.pm.LossyImageCompressionRatio == image.header.LossyImageCompressionRatio
+    assert rs.sc.LossyImageCompression == "01"  # the source's loss, then its own JPEG's
+    assert rs.sc.LossyImageCompressionRatio[0] == image.header.LossyImageCompressionRatio
+    assert rs.sc.LossyImageCompressionMethod[-1] == "ISO_10918_1"
 
 
 def test_capture_says_what_it_shows(results: dict, sources: dict) -> None:
@@ -520,13 +552,15 @@ def test_same_input_twice_gives_the_same_objects(
 ) -> None:
     image = sources["sparse"]
     first = results["sparse"][0]
-    again = build_results(image, prediction(), loaded_model, heat_map(image), timestamp=T2)
+    heatmap = heat_map(image)
+    kwargs = {"regions": [region(heatmap, prediction())], "parametric_map": True}
+    again = build_results(image, prediction(), loaded_model, heatmap, timestamp=T2, **kwargs)
     for (kind, a), (_, b) in zip(first.items(), again.items(), strict=True):
         assert a.SOPInstanceUID == b.SOPInstanceUID, kind
         assert a.SeriesInstanceUID == b.SeriesInstanceUID, kind
         assert _to_bytes(a) != _to_bytes(b), kind  # the dates differ...
         assert _without_times(a) == _without_times(b), kind  # ...and nothing else
-    same = build_results(image, prediction(), loaded_model, heat_map(image), timestamp=T1)
+    same = build_results(image, prediction(), loaded_model, heatmap, timestamp=T1, **kwargs)
     written = same.write(tmp_path)
     for kind, path in written.items():
         assert path.read_bytes() == results["sparse"][1][kind].read_bytes(), kind
@@ -535,7 +569,8 @@ def test_same_input_twice_gives_the_same_objects(
 def test_other_weights_give_other_uids(results: dict, sources: dict, loaded_model) -> None:
     other = dataclasses.replace(loaded_model, sha256="0123456789abcdef" * 4)
     image = sources["cr"]
-    rs = build_results(image, prediction(), other, heat_map(image), timestamp=T1)
+    rs = build_results(image, prediction(), other, heat_map(image), timestamp=T1,
+                       parametric_map=True)
     for (kind, a), (_, b) in zip(results["cr"][0].items(), rs.items(), strict=True):
         assert a.SOPInstanceUID != b.SOPInstanceUID, kind
         assert a.SeriesInstanceUID != b.SeriesInstanceUID, kind

@@ -25,6 +25,7 @@ from dicom_io.results import ResultBuilder
 from dicom_io.results._common import source_context
 from dicom_io.results.stencil import Stencil, StencilError, encode_item, ui_element
 from domain import Finding, HeatMap, Prediction
+from explain.regions import region_of
 from inference.card import PADCHEST_LABELS
 
 WHEN = datetime.datetime(2026, 3, 4, 5, 6, 7)
@@ -64,12 +65,18 @@ def _prediction(probabilities, thresholds) -> Prediction:
 
 
 def _both(builder: ResultBuilder, image, prediction, heatmap=None) -> tuple[bytes, bytes]:
-    """(stencil-filled, highdicom-built) encoded SRs of the same input."""
+    """(stencil-filled, highdicom-built) encoded SRs of the same input; a shown heat map's
+    finding outlined (its group a planar ROI group, built by highdicom in both)."""
     source = source_context(image)
+    heatmaps = [heatmap] if heatmap is not None else []
+    regions = {}
+    if heatmap is not None and not heatmap.suppressed:
+        finding = next(f for f in prediction.findings if f.label == heatmap.label)
+        regions = {finding.label: region_of(heatmap, finding.probability, finding.threshold)}
     kwargs = dict(when=WHEN, series_description=builder.series_description("sr"),
-                  **builder._uids("sr", source))
-    fast = builder.template.build(source, prediction, heatmap, **kwargs)
-    slow = builder.template.build(source, prediction, heatmap, stencil=False, **kwargs)
+                  regions=regions, **builder._uids("sr", source))
+    fast = builder.template.build(source, prediction, heatmaps, **kwargs)
+    slow = builder.template.build(source, prediction, heatmaps, stencil=False, **kwargs)
     return _encode(fast), _encode(slow)
 
 

@@ -1,4 +1,9 @@
-"""One call from a scored image to its result objects: SR, heat-map capture, parametric map."""
+"""One call from a scored image to its result objects: SR, heat-map capture, parametric map.
+
+The SR always; the capture when a heat map may be shown; the parametric map only when asked
+for (``parametric_map``): no viewer tried shows one for a projection radiograph, and it was
+most of the bytes the node sent per image.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +11,7 @@ import datetime
 import logging
 import threading
 from collections import OrderedDict
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -19,10 +25,10 @@ from dicom_io.results._common import (
     normalise_timestamp,
 )
 from dicom_io.results.pm import build_pm
-from dicom_io.results.sc import build_sc
+from dicom_io.results.sc import JPEG_BASELINE, SC_TRANSFER_SYNTAXES, build_sc
 from dicom_io.results.source import SourceContext, source_context
 from dicom_io.results.sr import FindingsReportTemplate, finding_values
-from domain import HeatMap, Prediction, ResultSet, SourceImage
+from domain import HeatMap, Prediction, Region, ResultSet, SourceImage
 
 logger = logging.getLogger(__name__)
 
@@ -66,9 +72,17 @@ class ResultBuilder:
     """
 
     def __init__(self, model: ModelIdentity | ModelLike, *,
-                 series_numbers: dict[str, int] | None = None) -> None:
+                 series_numbers: dict[str, int] | None = None, parametric_map: bool = False,
+                 capture_syntax: str = JPEG_BASELINE) -> None:
         """``model``: a :class:`ModelIdentity`, or a loaded model (``inference.LoadedModel``,
-        read through its ``card`` and ``sha256``)."""
+        read through its ``card`` and ``sha256``). ``parametric_map``: also build the float
+        parametric map; ``capture_syntax``: the capture's transfer syntax (one of
+        :data:`~dicom_io.results.sc.SC_TRANSFER_SYNTAXES`)."""
+        if capture_syntax not in SC_TRANSFER_SYNTAXES:
+            raise ValueError(f"capture transfer syntax {capture_syntax!r}: use one of "
+                             f"{', '.join(SC_TRANSFER_SYNTAXES)}")
+        self.parametric_map = bool(parametric_map)
+        self.capture_syntax = capture_syntax
         self.model = ModelIdentity.of(model)
         self.template = FindingsReportTemplate(self.model, self.model.labels)
         numbers = dict(SERIES_NUMBERS)
@@ -107,12 +121,16 @@ class ResultBuilder:
         self,
         image: SourceImage,
         prediction: Prediction,
-        heatmap: HeatMap | None = None,
+        heatmaps: HeatMap | Sequence[HeatMap] | None = None,
         *,
+        regions: Sequence[Region] = (),
         timestamp: datetime.datetime | None = None,
     ) -> ResultSet:
-        """The SR (always) and, for a heat map that passed its checks, the overlay capture
-        and the parametric map.
+        """The SR (always, with ``regions`` as planar ROI groups) and, when a heat map passed
+        its checks, the capture (the first such map, outlined ``regions``) and, if asked
+        for, the parametric map of that map.
+
+        ``heatmaps``: the explained findings' maps, most probable first.
 
         Raises:
             TypeError, ValueError: bad arguments (the message names the value).
@@ -121,36 +139,43 @@ class ResultBuilder:
         """
         when = normalise_timestamp(timestamp)
         # Once per image: the header is read, trimmed and copied here, the findings checked
-        # here; the three objects share both.
+        # here; the objects share both.
         source = source_context(image)
         findings = finding_values(prediction)
-        values = signed = None
-        note = "no heat map"
-        label = method = ""
-        if heatmap is not None:
+        maps = _as_list(heatmaps)
+        for heatmap in maps:
             check_heatmap(heatmap)
-            label, method = heatmap.label.strip(), heatmap.method.strip()
-            if heatmap.suppressed:
-                reason = heatmap.suppressed_reason or "sanity check failed"
-                note = f"heat map suppressed: {reason}"
-            else:
-                values, signed = _heatmap_values(heatmap, source)
-                note = None
+        by_label = _regions_by_label(regions)
+        shown = next((h for h in maps if not h.suppressed), None)
+        if shown is None:
+            note = ("no heat map" if not maps else
+                    f"heat map suppressed: {maps[0].suppressed_reason or 'sanity check failed'}")
+        else:
+            note = None
+            values, signed = _heatmap_values(shown, source)
         try:
             sr = self.template.build(
-                source, prediction, heatmap, when=when, findings=findings,
-                series_description=self.series_description("sr"), **self._uids("sr", source),
+                source, prediction, maps, regions=by_label,
+                parametric_map=self.parametric_map and shown is not None, when=when,
+                findings=findings, series_description=self.series_description("sr"),
+                **self._uids("sr", source),
             )
             sc = pm = None
-            if values is not None:
+            if shown is not None:
+                label, method = shown.label.strip(), shown.method.strip()
                 common = {"label": label, "method": method, "signed": bool(signed),
                           "model": self.model, "when": when}
                 sc = build_sc(source, values, **common,
+                              regions=list(by_label.values()),
+                              findings_above_threshold=any(f[3] for f in findings),
+                              probability=prediction.probability(label),
+                              transfer_syntax=self.capture_syntax,
                               series_description=self.series_description("sc", label),
                               **self._uids("sc", source))
-                pm = build_pm(source, values, **common,
-                              series_description=self.series_description("pm", label),
-                              **self._uids("pm", source))
+                if self.parametric_map:
+                    pm = build_pm(source, values, **common,
+                                  series_description=self.series_description("pm", label),
+                                  **self._uids("pm", source))
         except DicomIOError:
             raise
         except Exception as e:  # arguments are checked above: this is highdicom or pydicom
@@ -158,21 +183,44 @@ class ResultBuilder:
         return ResultSet(sr=sr, sc=sc, pm=pm, heatmap_note=note)
 
 
-_BUILDERS: OrderedDict[ModelIdentity, ResultBuilder] = OrderedDict()
+def _as_list(heatmaps: HeatMap | Sequence[HeatMap] | None) -> list[HeatMap]:
+    if heatmaps is None:
+        return []
+    if isinstance(heatmaps, HeatMap):
+        return [heatmaps]
+    if isinstance(heatmaps, (str, bytes)) or not isinstance(heatmaps, Sequence):
+        raise TypeError(f"heatmaps must be a HeatMap or a sequence of them, not "
+                        f"{type(heatmaps).__name__}")
+    return list(heatmaps)
+
+
+def _regions_by_label(regions: Sequence[Region]) -> dict[str, Region]:
+    out: dict[str, Region] = {}
+    for region in regions:
+        if not isinstance(region, Region):
+            raise TypeError(f"region {region!r} must be a Region, not {type(region).__name__}")
+        if region.label in out:
+            raise ValueError(f"two regions for label {region.label!r}")
+        out[region.label] = region
+    return out
+
+
+_BUILDERS: OrderedDict[tuple[ModelIdentity, bool, str], ResultBuilder] = OrderedDict()
 _BUILDERS_LOCK = threading.Lock()
 _BUILDERS_MAX = 8
 
 
-def builder_for(model: ModelIdentity | ModelLike) -> ResultBuilder:
+def builder_for(model: ModelIdentity | ModelLike, *, parametric_map: bool = False,
+                capture_syntax: str = JPEG_BASELINE) -> ResultBuilder:
     """The cached :class:`ResultBuilder` of ``model`` (keyed by its :class:`ModelIdentity`:
-    weights hash, name, version, manufacturer, intended use, labels)."""
-    key = ModelIdentity.of(model)
+    weights hash, name, version, manufacturer, intended use, labels) and the options."""
+    key = (ModelIdentity.of(model), bool(parametric_map), capture_syntax)
     with _BUILDERS_LOCK:
         builder = _BUILDERS.get(key)
         if builder is not None:
             _BUILDERS.move_to_end(key)
             return builder
-    builder = ResultBuilder(key)
+    builder = ResultBuilder(key[0], parametric_map=key[1], capture_syntax=capture_syntax)
     with _BUILDERS_LOCK:
         _BUILDERS[key] = builder
         while len(_BUILDERS) > _BUILDERS_MAX:
@@ -184,9 +232,12 @@ def build_results(
     image: SourceImage,
     prediction: Prediction,
     model: ModelIdentity | ModelLike,
-    heatmap: HeatMap | None = None,
+    heatmaps: HeatMap | Sequence[HeatMap] | None = None,
     *,
+    regions: Sequence[Region] = (),
+    parametric_map: bool = False,
     timestamp: datetime.datetime | None = None,
 ) -> ResultSet:
-    """:meth:`ResultBuilder.build` with the builder cached per model."""
-    return builder_for(model).build(image, prediction, heatmap, timestamp=timestamp)
+    """:meth:`ResultBuilder.build` with the builder cached per model and options."""
+    return builder_for(model, parametric_map=parametric_map).build(
+        image, prediction, heatmaps, regions=regions, timestamp=timestamp)

@@ -113,6 +113,21 @@ def finding_code(label: str) -> CodedConcept:
     return private(f"L{digest}", label.strip())
 
 
+def _label_digest(label: str) -> str:
+    return hashlib.sha256(normalise_label(label).encode("utf-8")).hexdigest()[:12].upper()
+
+
+def probability_of(label: str) -> CodedConcept:
+    """"<label> probability": the region group's NUM concept, named so that a viewer that
+    labels an outline with its NUM items' meanings names the finding (private code)."""
+    return private(f"P{_label_digest(label)}", f"{label.strip()[:52]} probability")
+
+
+def threshold_of(label: str) -> CodedConcept:
+    """"<label> threshold": the region group's threshold NUM concept (private code)."""
+    return private(f"T{_label_digest(label)}", f"{label.strip()[:54]} threshold")
+
+
 # -- fixed concepts of the SR --
 #: Document title (CID 7021).
 REPORT_TITLE = CodedConcept.from_code(codes.DCM.ImagingMeasurementReport)
@@ -124,6 +139,8 @@ PROBABILITY = CodedConcept.from_code(codes.DCM.Probability)
 THRESHOLD = CodedConcept.from_code(codes.DCM.ThresholdValue)
 #: Unit of probabilities and thresholds (UCUM annotation, dimensionless).
 UNIT_PROBABILITY = CodedConcept("{probability}", "UCUM", "probability")
+#: Unit of the region groups' measurements, which a viewer prints after the value.
+UNIT_PERCENT = CodedConcept("%", "UCUM", "percent")
 #: Values of each label's qualitative evaluation.
 PRESENT = CodedConcept.from_code(codes.SCT.Present)
 ABSENT = CodedConcept.from_code(codes.SCT.Absent)
@@ -132,6 +149,7 @@ QUALITATIVE_EVALUATIONS = CodedConcept("C0034375", "UMLS", "Qualitative Evaluati
 #: TEXT items of the qualitative evaluations container.
 HEAT_MAP = private("HEATMAP", "Heat map")
 HEAT_MAP_SUPPRESSED = private("HEATMAPSUPPR", "Heat map suppressed")
+SUMMARY = private("SUMMARY", "Summary")
 INTENDED_USE = private("INTENDEDUSE", "Intended use")
 #: Observer type of the device observer context.
 DEVICE_OBSERVER = CodedConcept.from_code(codes.DCM.Device)

@@ -1,4 +1,7 @@
-"""The findings as a Comprehensive 3D SR holding a TID 1500 Measurement Report.
+"""The findings as a Comprehensive SR holding a TID 1500 Measurement Report.
+
+Comprehensive SR, not Comprehensive 3D SR: the regions are 2D image coordinates (SCOORD), no
+SCOORD3D is needed, and more PACS and viewers accept the 2D class.
 
 Layout (PS3.16 TID 1500)::
 
@@ -7,42 +10,44 @@ Layout (PS3.16 TID 1500)::
     ├── Procedure reported = Plain chest X-ray
     ├── Image Library ── Image Library Group ── IMAGE (the source) + descriptors
     ├── Imaging Measurements
-    │   └── Measurement Group (TID 1501), one per label
+    │   ├── Measurement Group (TID 1410), one per outlined finding (dicom_io.results.groups)
+    │   │   ├── Tracking Identifier (label) / Tracking UID (deterministic, one per label)
+    │   │   ├── Image Region = SCOORD POLYLINE (closed) SELECTED FROM the source IMAGE
+    │   │   ├── Finding = the label's concept     ├── Algorithm Name/Version/Manufacturer
+    │   │   ├── <label> probability = 100 p {%}   ├── <label> threshold = 100 t {%}
+    │   │   └── <label concept> = Present | Absent (p >= t)
+    │   └── Measurement Group (TID 1501), one per other label
     │       ├── Tracking Identifier (label) / Tracking UID (deterministic)
     │       ├── Finding = the label's concept       ├── Algorithm Name/Version/Manufacturer
     │       ├── Probability = p {probability}      ├── Threshold Value = t {probability}
     │       ├── <label concept> = Present | Absent (p >= t)
     │       └── Source = IMAGE (the source)
-    └── Qualitative Evaluations: Intended use; Heat map (or: Heat map suppressed, and why)
+    └── Qualitative Evaluations: Intended use; Summary (which findings are above threshold);
+        per explained finding: Heat map (or: Heat map suppressed, and why)
 """
 
 from __future__ import annotations
 
 import datetime
 import logging
-import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from functools import partial
 
 from highdicom.sr import (
     AlgorithmIdentification,
     CodeContentItem,
     CodedConcept,
-    Comprehensive3DSR,
+    ComprehensiveSR,
     ContainerContentItem,
     DeviceObserverIdentifyingAttributes,
     ImageContentItem,
-    Measurement,
     MeasurementReport,
     MeasurementsAndQualitativeEvaluations,
     NumContentItem,
     ObservationContext,
     ObserverContext,
-    QualitativeEvaluation,
     RelationshipTypeValues,
-    SourceImageForMeasurementGroup,
     TextContentItem,
-    TrackingIdentifier,
 )
 from pydicom.charset import convert_encodings, default_encoding
 from pydicom.dataelem import RawDataElement
@@ -52,10 +57,11 @@ from pydicom.tag import Tag
 
 from dicom_io.results import codes
 from dicom_io.results._common import ModelIdentity, check_heatmap, clip_lo, date_time_kwargs, finish
+from dicom_io.results.groups import finding_values, image_group, region_group
 from dicom_io.results.source import SourceContext
 from dicom_io.results.stencil import GroupStencils, StencilError, encode_item, source_slots
 from dicom_io.results.uids import tracking_uid
-from domain import Finding, HeatMap, Prediction
+from domain import HeatMap, Prediction, Region
 
 logger = logging.getLogger(__name__)
 
@@ -92,33 +98,6 @@ def _set_raw_content(ds: Dataset, encoded: bytes) -> None:
     ds[_CONTENT_SEQUENCE] = RawDataElement(
         Tag(_CONTENT_SEQUENCE), "SQ", len(encoded), encoded, 0, False, True)
     ds.set_original_encoding(False, True, _text_encodings(ds))
-
-
-def finding_values(prediction: Prediction) -> list[tuple[str, float, float, bool]]:
-    """``(label, probability, threshold, positive)`` of each finding, checked (TypeError,
-    ValueError naming the value)."""
-    if not isinstance(prediction, Prediction):
-        raise TypeError(f"prediction must be a Prediction, not {type(prediction).__name__}")
-    out = []
-    seen = set()
-    for f in prediction.findings:
-        if not isinstance(f, Finding):
-            raise TypeError(f"finding {f!r} must be a Finding, not {type(f).__name__}")
-        label = f.label
-        if not isinstance(label, str) or not label.strip():
-            raise ValueError(f"finding label {label!r} must be a non-empty str")
-        if label in seen:
-            raise ValueError(f"finding label {label!r} appears twice")
-        seen.add(label)
-        p, t = float(f.probability), float(f.threshold)
-        if not (math.isfinite(p) and 0.0 <= p <= 1.0):
-            raise ValueError(f"probability {p!r} of {label!r} is not in [0, 1]")
-        if not (math.isfinite(t) and 0.0 <= t <= 1.0):
-            raise ValueError(f"threshold {t!r} of {label!r} is not in [0, 1]")
-        out.append((label, p, t, p >= t))
-    if not out:
-        raise ValueError("prediction has no findings")
-    return out
 
 
 class FindingsReportTemplate:
@@ -208,14 +187,22 @@ class FindingsReportTemplate:
         library.ContentSequence = [group]
         return library
 
-    def _evaluations(self, heatmap: HeatMap | None) -> ContainerContentItem:
+    def _evaluations(self, findings: list[tuple[str, float, float, bool]],
+                     heatmaps: Sequence[HeatMap], regions: Mapping[str, Region],
+                     parametric_map: bool) -> ContainerContentItem:
         items = []
         if self.model.intended_use.strip():
             items.append(TextContentItem(
                 name=codes.INTENDED_USE, value=self.model.intended_use.strip(),
                 relationship_type=_CONTAINS,
             ))
-        if heatmap is not None:
+        positive = [label for label, _, _, is_positive in findings if is_positive]
+        summary = (f"Above threshold: {', '.join(positive)}" if positive
+                   else "No finding is above its threshold")
+        items.append(TextContentItem(name=codes.SUMMARY, value=summary[:1024],
+                                     relationship_type=_CONTAINS))
+        shown = " and parametric map" if parametric_map else ""
+        for heatmap in heatmaps:
             method, label = heatmap.method, heatmap.label  # checked: non-empty str
             if heatmap.suppressed:
                 reason = str(heatmap.suppressed_reason or "sanity check failed")
@@ -225,13 +212,16 @@ class FindingsReportTemplate:
                            f"{reason}"),
                     relationship_type=_CONTAINS,
                 ))
-            else:
-                items.append(TextContentItem(
-                    name=codes.HEAT_MAP,
-                    value=(f"{method} heat map for {label}: written as secondary capture "
-                           "(overlay) and parametric map; not for diagnostic use"),
-                    relationship_type=_CONTAINS,
-                ))
+                continue
+            region = regions.get(label)
+            where = (f"outlined where it exceeds {region.fraction:.0%} of its peak; "
+                     if region is not None else "")
+            items.append(TextContentItem(
+                name=codes.HEAT_MAP,
+                value=(f"{method} heat map for {label}: {where}shown in the secondary "
+                       f"capture{shown}; not for diagnostic use"),
+                relationship_type=_CONTAINS,
+            ))
         container = ContainerContentItem(
             name=codes.QUALITATIVE_EVALUATIONS, relationship_type=_CONTAINS
         )
@@ -242,8 +232,10 @@ class FindingsReportTemplate:
         self,
         source: SourceContext,
         prediction: Prediction,
-        heatmap: HeatMap | None,
+        heatmaps: Sequence[HeatMap] = (),
         *,
+        regions: Mapping[str, Region] | None = None,
+        parametric_map: bool = False,
         when: datetime.datetime,
         series_instance_uid: str,
         series_number: int,
@@ -251,8 +243,9 @@ class FindingsReportTemplate:
         series_description: str,
         stencil: bool = True,
         findings: list[tuple[str, float, float, bool]] | None = None,
-    ) -> Comprehensive3DSR:
-        """The SR of one image's prediction (and what became of its heat map).
+    ) -> ComprehensiveSR:
+        """The SR of one image's prediction, its findings' regions (``regions``, by label)
+        and what became of its heat maps.
 
         With ``stencil`` (the default) the content tree is encoded here: the measurement
         groups are filled from byte stencils (:mod:`~dicom_io.results.stencil`), the other
@@ -264,16 +257,16 @@ class FindingsReportTemplate:
         """
         if findings is None:
             findings = finding_values(prediction)
-        if heatmap is not None:
+        for heatmap in heatmaps:
             check_heatmap(heatmap)
+        regions = dict(regions or {})
+        unknown = sorted(set(regions) - {label for label, *_ in findings})
+        if unknown:
+            raise ValueError(f"regions of labels {unknown} that the prediction has not")
         stencils = self._stencils([label for label, *_ in findings]) if stencil else None
         if stencils is None:
-            groups = [
-                self.group(label, tracking_uid(source.sop_uid, self.model.sha256, label),
-                           round(p, 6), round(t, 6), positive, source.sop_class_uid,
-                           source.sop_uid)
-                for label, p, t, positive in findings
-            ]
+            groups = [self._group(source, finding, regions.get(finding[0]))
+                      for finding in findings]
         else:  # a stand-in: the container's content is filled from the stencils below
             groups = [stencils[findings[0][0]].synthetic]
         report = MeasurementReport(
@@ -285,13 +278,14 @@ class FindingsReportTemplate:
         root = report[0].ContentSequence
         # TID 1500 order: ..., procedure reported, image library, imaging measurements, ...
         root.insert(len(root) - 1, self._image_library(source))
-        root.append(self._evaluations(heatmap))
+        root.append(self._evaluations(findings, heatmaps, regions, parametric_map))
 
         content: Dataset = report[0]
         encoded = None
         if stencils is not None:
             charset = source.reference.get("SpecificCharacterSet") or default_encoding
-            encoded = self._content_bytes(content, findings, stencils, source, charset)
+            encoded = self._content_bytes(content, findings, stencils, source, charset,
+                                          regions)
             # highdicom needs the content only for the evidence it references: the source.
             content = _shallow(report[0])
             del content.ContentSequence  # a new element: the report's own stays as it was
@@ -299,7 +293,7 @@ class FindingsReportTemplate:
                                        if _concept(item) == _IMAGE_LIBRARY]
 
         # The private scheme is always declared: the TEXT item names use it.
-        sr = Comprehensive3DSR(
+        sr = ComprehensiveSR(
             evidence=[source.for_result()],  # its own patient and study elements
             content=content,
             series_instance_uid=series_instance_uid,
@@ -321,14 +315,22 @@ class FindingsReportTemplate:
         return sr
 
     def _content_bytes(self, root: Dataset, findings: list, stencils: dict[str, GroupStencils],
-                       source: SourceContext, charset: str | list[str]) -> bytes:
-        """The root's Content Sequence encoded, its groups filled from the stencils."""
+                       source: SourceContext, charset: str | list[str],
+                       regions: Mapping[str, Region]) -> bytes:
+        """The root's Content Sequence encoded, its image-level groups filled from the
+        stencils and its region groups built by highdicom."""
         slots = source_slots(source.sop_class_uid, source.sop_uid)
-        groups = b"".join(
-            stencils[label].fill(tracking_uid(source.sop_uid, self.model.sha256, label),
-                                 round(p, 6), round(t, 6), positive, slots)
-            for label, p, t, positive in findings
-        )
+        parts = []
+        for finding in findings:
+            label, p, t, positive = finding
+            region = regions.get(label)
+            if region is not None:
+                parts.append(encode_item(self._group(source, finding, region)[0], charset))
+            else:
+                parts.append(stencils[label].fill(
+                    tracking_uid(source.sop_uid, self.model.sha256, label),
+                    round(p, 6), round(t, 6), positive, slots))
+        groups = b"".join(parts)
         parts = []
         for item in root.ContentSequence:
             if _concept(item) == _IMAGING_MEASUREMENTS:
@@ -337,28 +339,22 @@ class FindingsReportTemplate:
             parts.append(encode_item(item, charset))
         return b"".join(parts)
 
+    def _group(self, source: SourceContext, finding: tuple[str, float, float, bool],
+               region: Region | None) -> MeasurementsAndQualitativeEvaluations:
+        label, p, t, positive = finding
+        uid = tracking_uid(source.sop_uid, self.model.sha256, label)
+        if region is not None:
+            return region_group(self.code(label), self.algorithm, label, uid, region,
+                                positive, source.sop_class_uid, source.sop_uid)
+        return self.group(label, uid, round(p, 6), round(t, 6), positive,
+                          source.sop_class_uid, source.sop_uid)
+
     def group(self, label: str, uid: str, probability: float, threshold: float,
               positive: bool, sop_class_uid: str, sop_uid: str
               ) -> MeasurementsAndQualitativeEvaluations:
-        """One label's measurement group (TID 1501), built by highdicom."""
-        concept = self.code(label)
-        return MeasurementsAndQualitativeEvaluations(
-            tracking_identifier=TrackingIdentifier(uid=uid, identifier=label),
-            finding_type=concept,
-            algorithm_id=self.algorithm,
-            measurements=[
-                Measurement(name=codes.PROBABILITY, value=probability,
-                            unit=codes.UNIT_PROBABILITY),
-                Measurement(name=codes.THRESHOLD, value=threshold,
-                            unit=codes.UNIT_PROBABILITY),
-            ],
-            qualitative_evaluations=[QualitativeEvaluation(
-                name=concept, value=codes.PRESENT if positive else codes.ABSENT,
-            )],
-            source_images=[SourceImageForMeasurementGroup(
-                referenced_sop_class_uid=sop_class_uid, referenced_sop_instance_uid=sop_uid,
-            )],
-        )
+        """One label's image-level group (TID 1501), built by highdicom."""
+        return image_group(self.code(label), self.algorithm, label, uid, probability,
+                           threshold, positive, sop_class_uid, sop_uid)
 
     def _stencils(self, labels: list[str]) -> dict[str, GroupStencils] | None:
         """Each label's group stencils (made on first use); None where one cannot be made.

@@ -56,6 +56,20 @@ def derive_uid(*parts: str) -> str:
     return f"2.25.{uuid.uuid5(NAMESPACE, chr(0x1F).join(parts)).int}"
 
 
+#: Result-format version of each result type: raised whenever the content of that type
+#: changes, so that new content never reuses an old instance's UID (a PACS that keeps the
+#: first instance of a UID, as Orthanc does by default, would silently keep the old one).
+#: Version 1 is the format before versions were numbered: its UIDs have no version part.
+#: 2: SR with planar ROI regions as a Comprehensive SR; capture with legend and outlines,
+#: JPEG; parametric map opt-in; values copied from sources checked.
+FORMAT_VERSIONS: dict[str, int] = {"sr": 2, "sc": 2, "pm": 2}
+
+
+def _format(object_type: str) -> tuple[str, ...]:
+    version = FORMAT_VERSIONS[object_type]
+    return () if version == 1 else (f"format-{version}",)
+
+
 def _check_type(object_type: str) -> str:
     if object_type not in OBJECT_TYPES:
         raise ValueError(f"object type {object_type!r}: use one of {OBJECT_TYPES}")
@@ -63,20 +77,22 @@ def _check_type(object_type: str) -> str:
 
 
 def instance_uid(object_type: str, source_sop_instance_uid: str, weights_sha256: str) -> str:
-    """SOP Instance UID of the ``object_type`` result of one source image and weights."""
+    """SOP Instance UID of the ``object_type`` result of one source image and weights, in
+    this version of its format (:data:`FORMAT_VERSIONS`)."""
     return derive_uid(
         "instance", _check_type(object_type),
         check_uid("source SOP Instance UID", source_sop_instance_uid),
-        check_sha256(weights_sha256),
+        check_sha256(weights_sha256), *_format(object_type),
     )
 
 
 def series_uid(object_type: str, source_series_instance_uid: str, weights_sha256: str) -> str:
-    """Series Instance UID of the ``object_type`` results of one source series and weights."""
+    """Series Instance UID of the ``object_type`` results of one source series and weights,
+    in this version of its format."""
     return derive_uid(
         "series", _check_type(object_type),
         check_uid("source Series Instance UID", source_series_instance_uid),
-        check_sha256(weights_sha256),
+        check_sha256(weights_sha256), *_format(object_type),
     )
 
 

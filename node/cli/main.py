@@ -39,6 +39,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="explanation (default gradcam)")
     p.add_argument("--sanity", action="store_true",
                    help="also run the model-randomisation sanity check on each explanation")
+    p.add_argument("--parametric-map", action="store_true",
+                   help="also write the heat map as a float parametric map (heatmap_pm.dcm)")
     p.add_argument("--no-progress", action="store_true", help="never show a progress bar")
     p.set_defaults(func=cmd_predict)
 
@@ -148,7 +150,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
         print(f"{p}: missing: no such file or folder", file=sys.stderr)
     paths = list(iter_inputs(p for p in args.inputs if p.exists()))
     model = _load_model(args)
-    extras = output_extras(model, args.explain, sanity=args.sanity)
+    extras = output_extras(model, args.explain, sanity=args.sanity,
+                           parametric_map=args.parametric_map)
     writer = ResultWriter(model, args.out, extras)
     report = run_batch(paths, Predictor(model, args.batch_size), writer,
                        progress=False if args.no_progress else None)

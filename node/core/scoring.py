@@ -11,7 +11,7 @@ from typing import Any
 
 from dicom_io import from_dataset, read_dataset
 from dicom_io.results.uids import instance_uid
-from domain import SourceImage
+from domain import Region, SourceImage
 from inference import LoadedModel
 from node.core.pipeline import Outcome
 
@@ -46,6 +46,13 @@ def overlay_png(outcome: Outcome, max_side: int = 1024) -> bytes | None:
     return png.tobytes() if ok else None
 
 
+def region_document(region: Region) -> dict[str, Any]:
+    """A finding's outline for HTTP callers: source pixels, (column, row), closed."""
+    return {"label": region.label, "probability": round(region.probability, 6),
+            "fraction_of_peak": region.fraction, "method": region.method,
+            "points": [[round(float(c), 2), round(float(r), 2)] for c, r in region.points]}
+
+
 def score_document(model: LoadedModel, outcome: Outcome, with_overlay: bool = False) -> dict:
     """The JSON answer for one scored image."""
     scored = outcome.scored
@@ -54,6 +61,7 @@ def score_document(model: LoadedModel, outcome: Outcome, with_overlay: bool = Fa
     doc["result_uids"] = result_uids(model, scored.image.sop_uid)
     if outcome.heatmap is not None:
         doc["explanation"] = outcome.heatmap.summary()
+        doc["regions"] = [region_document(r) for r in outcome.regions]
         if with_overlay:
             png = overlay_png(outcome)
             if png is not None:

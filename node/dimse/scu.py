@@ -67,6 +67,9 @@ def stream_files_as_stored() -> None:
     _config.STORE_SEND_CHUNKED_DATASET = True
 
 
+UNCOMPRESSED = frozenset({ExplicitVRLittleEndian, ImplicitVRLittleEndian})
+
+
 @dataclass(frozen=True)
 class Outgoing:
     """A result file to send and what its record says of it (so it is not read first)."""
@@ -79,11 +82,17 @@ class Outgoing:
 def _store(assoc, item: Outgoing):
     """C-STORE one result file: its bytes as they are when the peer accepted the file's
     transfer syntax for its class (pynetdicom streams the file, nothing is decoded), else
-    decoded and re-encoded in the syntax the peer accepted."""
+    decoded (a compressed capture decompressed, colour as RGB) and re-encoded in the
+    uncompressed syntax the peer accepted."""
     as_is = any(str(cx.abstract_syntax) == item.sop_class_uid
                 and str(cx.transfer_syntax[0]) == item.transfer_syntax_uid
                 for cx in assoc.accepted_contexts)
-    return assoc.send_c_store(item.path if as_is else pydicom.dcmread(item.path))
+    if as_is:
+        return assoc.send_c_store(item.path)
+    ds = pydicom.dcmread(item.path)
+    if ds.file_meta.TransferSyntaxUID.is_compressed:
+        ds.decompress()
+    return assoc.send_c_store(ds)
 
 
 def send_files(
@@ -107,9 +116,12 @@ def send_files(
     ae = AE(ae_title=calling_ae)
     ae.network_timeout = ae.acse_timeout = ae.dimse_timeout = timeout
     for sop_class in sorted({item.sop_class_uid for _, item in datasets}):
-        # one context each, so a peer that prefers implicit VR does not force a re-encoding
-        ae.add_requested_context(sop_class, ExplicitVRLittleEndian)
-        ae.add_requested_context(sop_class, ImplicitVRLittleEndian)
+        # one context each, so a peer that prefers implicit VR does not force a re-encoding;
+        # a compressed file's own syntax first, so that it goes as it is where it can
+        own = sorted({item.transfer_syntax_uid for _, item in datasets
+                      if item.sop_class_uid == sop_class} - UNCOMPRESSED)
+        for syntax in (*own, ExplicitVRLittleEndian, ImplicitVRLittleEndian):
+            ae.add_requested_context(sop_class, syntax)
     assoc = associate(ae, peer.host, peer.port, peer.ae_title)
     if not assoc.is_established:
         why = "rejected" if assoc.is_rejected else "aborted" if assoc.is_aborted else "no answer"

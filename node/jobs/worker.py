@@ -12,8 +12,6 @@ import threading
 from collections.abc import Sequence
 from concurrent.futures import InvalidStateError, ThreadPoolExecutor
 
-from pydicom.uid import ExplicitVRLittleEndian
-
 from dicom_io import DeclinedError, DicomIOError, decode, from_dataset, read_dataset
 from domain import SourceImage
 from inference import Scored
@@ -171,7 +169,8 @@ class Worker(threading.Thread):
         for kind, ds in result.results.items():
             uid = str(ds.SOPInstanceUID)
             key = self.store.put(OUTBOX, result.results.part10(kind), name=f"{uid}.dcm")
-            obj = ResultObject(key, uid, str(ds.SOPClassUID), ExplicitVRLittleEndian)
+            obj = ResultObject(key, uid, str(ds.SOPClassUID),
+                               str(ds.file_meta.TransferSyntaxUID))
             items += [(d, obj) for d in destinations]
         return items
 
