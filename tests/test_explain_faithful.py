@@ -241,6 +241,24 @@ def test_grad_cam_is_the_plain_grad_cam_of_the_label(disc_model, cases):
     assert min(medcam_off) > 0.01
 
 
+def test_the_finding_region_holds_the_lesion(disc_model, cases):
+    """The outline the SR and the capture draw (half the map's peak, around the peak)
+    contains the disc's centre, and is not the whole crop."""
+    from explain.regions import region_of
+
+    inside, areas = [], []
+    for case in cases:
+        heatmap = explain(disc_model, case.scored, "Disc", "gradcam")
+        region = region_of(heatmap, 0.9, 0.5)
+        inside.append(region.contains(case.disc.row, case.disc.column))
+        c0, r0, c1, r1 = region.box
+        areas.append((c1 - c0) * (r1 - r0) / case.scored.geometry.side ** 2)
+    record_figure(f"regions: disc centre inside in {sum(inside)}/{len(inside)}; box at most "
+                  f"{max(areas):.0%} of the crop")
+    assert sum(inside) / len(inside) >= 0.9
+    assert max(areas) < 0.25
+
+
 def test_a_wrong_inverse_of_the_crop_would_be_caught(disc_model, cases):
     """Negative control: stretching the model map over the whole source lands off the discs."""
     cropped = [c for c in cases if c.kind == "phantom" and c.scored.geometry.side < max(

@@ -254,7 +254,8 @@ def test_sr_reads_back_every_probability_and_the_source(
     assert np.array_equal(points[0], points[-1]) and 5 <= len(points) <= 40
     r, c = hot_spot(image)
     assert Region("x", 0.5, 0.5, points, 0.5).contains(r + 0.5, c + 0.5)
-    assert region.ContentSequence[0].ReferencedSOPSequence[0].ReferencedSOPInstanceUID == image.sop_uid
+    [selected_from] = region.ContentSequence[0].ReferencedSOPSequence
+    assert selected_from.ReferencedSOPInstanceUID == image.sop_uid
     assert (image.study_uid, image.series_uid, image.sop_uid, image.sop_class_uid) in [
         tuple(str(u) for u in e) for e in sr.get_evidence()
     ]
@@ -576,6 +577,24 @@ def test_other_weights_give_other_uids(results: dict, sources: dict, loaded_mode
         assert a.SeriesInstanceUID != b.SeriesInstanceUID, kind
         assert a.StudyInstanceUID == b.StudyInstanceUID
         assert b.DeviceUID == device_uid(other.sha256) != a.DeviceUID
+
+
+def test_a_new_result_format_gets_new_uids(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Changed content never reuses a UID (a PACS keeping the first instance of a UID would
+    keep the old result); format 1, before versions were numbered, keeps its UIDs."""
+    from dicom_io.results import uids
+
+    sha = "ab" * 32
+    now = {kind: (instance_uid(kind, "1.2.3.4", sha), series_uid(kind, "1.2.3", sha))
+           for kind in uids.OBJECT_TYPES}
+    for kind in uids.OBJECT_TYPES:
+        monkeypatch.setitem(uids.FORMAT_VERSIONS, kind, 1)
+        before = (instance_uid(kind, "1.2.3.4", sha), series_uid(kind, "1.2.3", sha))
+        assert before == (uids.derive_uid("instance", kind, "1.2.3.4", sha),
+                          uids.derive_uid("series", kind, "1.2.3", sha))
+        assert before[0] != now[kind][0] and before[1] != now[kind][1]
+        monkeypatch.setitem(uids.FORMAT_VERSIONS, kind, 3)
+        assert instance_uid(kind, "1.2.3.4", sha) not in (before[0], now[kind][0])
 
 
 def test_one_result_series_per_source_series_and_type() -> None:

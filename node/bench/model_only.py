@@ -126,7 +126,7 @@ def _gradcam(opts: Options, model: Any, picks: list, inputs: Any, res: Results) 
 
     progress(f"Grad-CAM: forward (PyTorch, batch {opts.batch_size}) + one map per image")
     warm = _scored(model, picks[:1], model.probabilities(inputs[:1]))
-    heatmap = explain(model, warm[0], method="gradcam")  # medcam injection, first run
+    heatmap = explain(model, warm[0], method="gradcam")  # first run: hooks, explanation copy
     started, cpu = time.perf_counter(), time.process_time()
     scored = _scored(model, picks, model.probabilities(inputs))
     maps = []
@@ -140,15 +140,22 @@ def _gradcam(opts: Options, model: Any, picks: list, inputs: Any, res: Results) 
     res.put("model_gradcam_cpu_s", (time.process_time() - cpu) / len(picks))
     try:
         from dicom_io.results import builder_for
+        from explain.regions import region_of
 
         builder = builder_for(model)
+        prediction = warm[0].prediction
+        finding = next(f for f in prediction.findings if f.label == heatmap.label)
+        regions = [region_of(heatmap, finding.probability, finding.threshold)]
+        sizes: dict[str, int] = {}
 
-        def build() -> None:  # as the worker does: build, then the Part 10 bytes of each
-            results = builder.build(warm[0].image, warm[0].prediction, heatmap)
+        def build() -> None:  # as the worker does: build (the map's finding outlined), then
+            results = builder.build(warm[0].image, prediction, heatmap,  # the Part 10 bytes
+                                    regions=[r for r in regions if r is not None])
             for kind, _ in results.items():
-                results.part10(kind)
+                sizes[kind] = len(results.part10(kind))
 
         res.put("build_results_s", statistics.median(timed(build, 2)))
+        res.put("result_set_mb", sum(sizes.values()) / 1e6)
     except Exception as e:
         logger.debug("result build failed", exc_info=True)
         res.errors.append(f"building results: {type(e).__name__}: {e}")

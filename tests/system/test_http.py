@@ -21,11 +21,11 @@ from system.conftest import radiograph_copy
 from system.peers import NodeProcess, Orthanc, Receiver, free_port, storescu, wait_until
 
 TOKEN = "test-token-5f1c"
-SR_CLASS = "1.2.840.10008.5.1.4.1.1.88.34"
+SR_CLASS = "1.2.840.10008.5.1.4.1.1.88.33"  # Comprehensive SR
 
 
 def sr_probabilities(ds: pydicom.Dataset) -> dict[str, float]:
-    sr = hd.sr.Comprehensive3DSR.from_dataset(ds)
+    sr = hd.sr.ComprehensiveSR.from_dataset(ds)
     out = {}
     for group in sr.content.get_image_measurement_groups():
         [probability] = group.get_measurements(name=rcodes.PROBABILITY)
@@ -180,7 +180,7 @@ def test_score_can_answer_with_the_dicom_results(node: NodeProcess, image: Path)
     import io
 
     got = {str(pydicom.dcmread(io.BytesIO(p)).SOPInstanceUID) for _, p in parts}
-    assert got == {uids["sr"], uids["sc"], uids["pm"]}
+    assert got == {uids["sr"], uids["sc"]}  # the parametric map is opt-in
 
 
 def test_score_errors_are_specific_json(node: NodeProcess, image: Path, tmp_path: Path,

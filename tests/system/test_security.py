@@ -135,7 +135,7 @@ def test_spool_quota_refuses_then_recovers_and_loses_nothing(
                        headers={"Content-Type": "application/dicom"})
         assert r.status_code == 200, r.text
         pacs.start()  # results flow out, the spool is purged, room comes back
-        received = pacs.wait_for(3 * len(acknowledged), timeout=240)
+        received = pacs.wait_for(2 * len(acknowledged), timeout=240)
         sources = {str(ref.ReferencedSOPInstanceUID) for ds in received
                    for ref in ds.get("SourceImageSequence", [])}
         assert set(acknowledged) <= sources
@@ -171,7 +171,7 @@ def test_no_patient_data_in_logs_metrics_or_errors(
             if r.status_code != 200:
                 bodies.append(r.text)
         assert len(bodies) == 2
-        pacs.wait_for(3, timeout=120)
+        pacs.wait_for(2, timeout=120)
         # every job closed and every result sent; then the log is complete once the node stops
         wait_until(node.idle, 120, 0.25, "the node to finish its jobs and deliveries",
                    node.proc)
