@@ -84,7 +84,7 @@ def _dimse(opts: Options, node: MeasuredNode, receiver: ResultReceiver, datasets
     from dicom_io.results import instance_uid
 
     sha = node.get("/readyz")[1]["model"]["sha256"]
-    kinds = ("sr",) if explain == "none" else ("sr", "sc", "pm")
+    kinds = ("sr",) if explain == "none" else ("sr", "sc")  # the parametric map: opt-in
     key = "dimse_none" if explain == "none" else "dimse_gradcam"
 
     def idle() -> bool:
