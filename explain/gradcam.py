@@ -1,4 +1,9 @@
-"""Grad-CAM and relatives through M3d-CAM (``medcam.inject``).
+"""Grad-CAM++ and the guided methods through M3d-CAM (``medcam.inject``).
+
+The node's Grad-CAM is its own (:mod:`explain.cam` says why: medcam's ``gcam`` pairs a map
+that torchxrayvision rectifies in place with the gradient before that). ``gcam`` stays
+reachable here for comparison (the faithfulness tests measure how far it is off); Grad-CAM++
+(``gcampp``) and Guided Grad-CAM (``ggcam``) read the same hooks, so they share that pairing.
 
 medcam wraps a model so that calling it computes an attention map for a label. It is injected
 once per (model copy, backend, layer) and kept; calls are serialised on the copy's lock.
