@@ -181,10 +181,9 @@ def test_part10_of_the_result_set_reads_back_as_the_dataset(builder, cr_path) ->
     results = builder.build(image, pred, timestamp=WHEN)
     back = pydicom.dcmread(io.BytesIO(results.part10("sr")))
     assert back.SOPInstanceUID == results.sr.SOPInstanceUID
-    groups = [item for item in _walk(back)
-              if item.ValueType == "CONTAINER" and item.ConceptNameCodeSequence[0].CodeValue
-              == "125007"]
-    assert len(groups) == 26
+    findings = [item for item in _walk(back) if item.ValueType == "CODE"
+                and len(item.get("ContentSequence", [])) == 2]  # a finding and its two NUMs
+    assert len(findings) == 26
     assert results.part10("sr") is results.part10("sr")  # encoded once
     with pytest.raises(KeyError, match="'sc'"):
         results.part10("sc")
@@ -207,6 +206,6 @@ def test_stencil_refuses_a_template_without_its_slot() -> None:
 
 def test_prepare_makes_every_label_stencil_up_front(loaded_model) -> None:
     builder = ResultBuilder(loaded_model)
-    assert builder.template._group_stencils == {}
+    assert builder.template._finding_stencils == {}
     assert builder.prepare() is True
-    assert set(builder.template._group_stencils) == set(loaded_model.card.labels)
+    assert set(builder.template._finding_stencils) == set(loaded_model.card.labels)

@@ -10,17 +10,19 @@ the finding, in percent: "Nodule probability: 91.00 %", "Nodule threshold: 50.00
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 
 from highdicom.sr import (
     AlgorithmIdentification,
+    CodeContentItem,
     CodedConcept,
     GraphicTypeValues,
     ImageRegion,
     Measurement,
     MeasurementsAndQualitativeEvaluations,
+    NumContentItem,
     PlanarROIMeasurementsAndQualitativeEvaluations,
     QualitativeEvaluation,
+    RelationshipTypeValues,
     SourceImageForMeasurementGroup,
     SourceImageForRegion,
     TrackingIdentifier,
@@ -107,4 +109,23 @@ def region_group(code: CodedConcept, algorithm: AlgorithmIdentification, label: 
     )
 
 
-GroupMaker = Callable[..., MeasurementsAndQualitativeEvaluations]
+def finding_item(code: CodedConcept, probability: float, threshold: float, positive: bool
+                 ) -> CodeContentItem:
+    """A finding without a region, in the report's Qualitative Evaluations: ``<finding> =
+    Present | Absent``, with its probability and threshold as properties.
+
+    Not an image-level measurement group (TID 1501) in Imaging Measurements: OHIF 3.13
+    makes every group there an annotation and fails ("Cannot read properties of undefined
+    (reading 'ReferencedSOPSequence')", so the viewer shows an error page) on a group that
+    has no image coordinates. The findings the viewer should draw are the region groups.
+    """
+    item = CodeContentItem(name=code, value=codes.PRESENT if positive else codes.ABSENT,
+                           relationship_type=RelationshipTypeValues.CONTAINS)
+    item.ContentSequence = [
+        NumContentItem(name=codes.PROBABILITY, value=probability, unit=codes.UNIT_PROBABILITY,
+                       relationship_type=RelationshipTypeValues.HAS_PROPERTIES),
+        NumContentItem(name=codes.THRESHOLD, value=threshold, unit=codes.UNIT_PROBABILITY,
+                       relationship_type=RelationshipTypeValues.HAS_PROPERTIES),
+    ]
+    return item
+

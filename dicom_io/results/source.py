@@ -11,24 +11,31 @@ Specimen module elements it finds there to the new object **as they are**
 change together (setting the SR's Patient Name would set the capture's), so each result gets a
 dataset of its own (:meth:`SourceContext.for_result`) holding its own copy of those few
 elements and sharing the others, which highdicom only reads.
+
+Since results take those elements as they are, the reference is checked once, where it is
+copied (:func:`dicom_io.results.sanitize.sanitize`): each element against its VR, VM and the
+result IOD, corrected where unambiguous, else left out (emptied if results need it). The
+source's pixel spacing is read checked (:func:`checked_pixel_spacing`).
 """
 
 from __future__ import annotations
 
 import copy
 import logging
+import math
 import re
 from dataclasses import dataclass
 from functools import cache
-from typing import Any
 
 from pydicom.datadict import tag_for_keyword
+from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset
-from pydicom.valuerep import DA, TM
+from pydicom.tag import Tag
 
 from dicom_io.errors import ResultBuildError
 from dicom_io.gate import CHEST_BODY_PARTS
 from dicom_io.results.modules import PATIENT_STUDY_SPECIMEN_KEYWORDS
+from dicom_io.results.sanitize import decimal_string, sanitize, texts_of
 from dicom_io.results.uids import check_uid
 from domain import SourceImage
 
@@ -39,6 +46,9 @@ PATIENT_STUDY_KEYWORDS = (
     "PatientName", "PatientID", "PatientBirthDate", "PatientSex",
     "AccessionNumber", "StudyID", "StudyDate", "StudyTime", "ReferringPhysicianName",
 )
+
+#: The source's identity, checked by the gate and :func:`source_context` (not sanitised).
+IDENTITY_KEYWORDS = ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID", "SOPClassUID")
 
 #: Transfer syntaxes whose decoded pixels already lost information.
 LOSSY_TRANSFER_SYNTAXES = frozenset({
@@ -66,8 +76,12 @@ READ_KEYWORDS = (
 #: Elements the capture and the map copy into themselves whole (besides highdicom's modules).
 TAKEN_KEYWORDS = ("LossyImageCompressionRatio", "LossyImageCompressionMethod")
 
+#: Where the source's pixel spacing is read, in this order (see :func:`checked_pixel_spacing`).
+SPACING_KEYWORDS = ("PixelSpacing", "ImagerPixelSpacing")
 _ORIENTATION = re.compile(r"^[LRAPHF]{1,3}$")
 _PIXEL_DATA = 0x7FE00010
+#: Largest Instance Number (IS: a signed 32-bit integer).
+_IS_MAX = 2**31 - 1
 
 
 @cache
@@ -91,9 +105,14 @@ class SourceContext:
     """The source image as the result objects reference it.
 
     ``reference`` is the source header trimmed to what results read (:func:`reference_tags`)
-    and copied, once per image; its patient and study attributes are all present and valid
-    for highdicom (absent or malformed ones empty). It is never changed afterwards: each
-    result object is given :meth:`for_result`.
+    and copied, once per image, every element checked against its VR, VM and the result IOD
+    (:func:`~dicom_io.results.sanitize.sanitize`); its patient and study attributes are all
+    present (absent or malformed ones empty). It is never changed afterwards: each result
+    object is given :meth:`for_result`.
+
+    ``pixel_spacing``: row and column spacing in mm, from Pixel Spacing, else Imager Pixel
+    Spacing (:func:`checked_pixel_spacing` says why), or None where neither is two positive
+    numbers (``0\\0``, negative, non-numeric): results then state no spacing.
     """
 
     image: SourceImage
@@ -135,33 +154,48 @@ class SourceContext:
         return self.image.columns
 
 
-def _valid_date(value: Any, kind: type) -> bool:
-    try:
-        kind(str(value))
-    except (TypeError, ValueError):
-        return False
-    return True
-
-
-def _reference(header: Dataset) -> Dataset:
+def _reference(header: Dataset, uids: dict[str, str]) -> Dataset:
     """What results read of ``header``, copied (the one copy of the header per image): pydicom
-    sets values on elements in place, and the caller's header must not change."""
+    sets values on elements in place, and the caller's header must not change. The copy is
+    checked (:func:`~dicom_io.results.sanitize.sanitize`): results copy its elements; the
+    identity ``uids`` (checked already) are set as UI, whatever VR the header gave them."""
     keep = reference_tags()
     trimmed = Dataset()
     for tag in header.keys():  # noqa: SIM118 (a Dataset iterates its elements)
         if tag in keep and tag != _PIXEL_DATA:
             trimmed.add(header[tag])
-    reference = copy.deepcopy(trimmed)
+    reference = sanitize(copy.deepcopy(trimmed), required=PATIENT_STUDY_KEYWORDS,
+                         kept=IDENTITY_KEYWORDS)
     for keyword in PATIENT_STUDY_KEYWORDS:
         if reference.get(keyword) is None:
             setattr(reference, keyword, None)
-    if str(reference.PatientSex or "").strip().upper() not in {"", "M", "F", "O"}:
-        reference.PatientSex = None
-    for keyword, kind in (("PatientBirthDate", DA), ("StudyDate", DA), ("StudyTime", TM)):
-        value = reference.get(keyword)
-        if value not in (None, "") and not _valid_date(value, kind):
-            setattr(reference, keyword, None)
+    for keyword, uid in uids.items():
+        if keyword not in reference or (reference[keyword].VR, reference[keyword].value) != (
+            "UI", uid
+        ):
+            tag = Tag(keyword)
+            reference[tag] = DataElement(tag, "UI", uid)  # a new element: its VR too
     return reference
+
+
+def checked_pixel_spacing(header: Dataset) -> tuple[float, float] | None:
+    """The source's pixel spacing (row, column; mm) if valid, else None.
+
+    Pixel Spacing, else Imager Pixel Spacing: in a projection radiograph Pixel Spacing is the
+    spacing its maker calibrated for measuring in the patient, and the one viewers measure
+    with (falling back, as here, to Imager Pixel Spacing, at the detector); results lie on the
+    source's grid and measure as the source does. Valid: two finite positive decimal strings;
+    ``0\\0`` (the NEMA CR's), negative, non-numeric or one value: none (viewers draw black).
+    """
+    for keyword in SPACING_KEYWORDS:
+        if keyword not in header:
+            continue
+        texts = texts_of(header.get(keyword)) or []
+        numbers = [float(v) for v in map(decimal_string, texts) if v] if len(texts) == 2 else []
+        if len(numbers) == 2 and all(math.isfinite(v) and v > 0 for v in numbers):
+            return numbers[0], numbers[1]
+        logger.debug("source %s not used: not two positive numbers", keyword)
+    return None
 
 
 def source_context(image: SourceImage) -> SourceContext:
@@ -180,7 +214,7 @@ def source_context(image: SourceImage) -> SourceContext:
             "no-dicom-source", f"{image.name} is not DICOM: results reference a DICOM image"
         )
     uids = {}
-    for keyword in ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID", "SOPClassUID"):
+    for keyword in IDENTITY_KEYWORDS:
         try:
             uids[keyword] = check_uid(keyword, str(header.get(keyword, "") or ""))
         except ValueError as e:
@@ -203,6 +237,8 @@ def source_context(image: SourceImage) -> SourceContext:
         instance_number = int(header.get("InstanceNumber") or 1)
     except (TypeError, ValueError):
         instance_number = 1
+    if not 1 <= instance_number <= _IS_MAX:
+        instance_number = 1
     # The gate admits only chest images; results say so (General Series, Laterality 2C).
     body_part = str(header.get("BodyPartExamined", "") or "").strip().upper() or "CHEST"
     if body_part not in CHEST_BODY_PARTS or " " in body_part:
@@ -214,14 +250,14 @@ def source_context(image: SourceImage) -> SourceContext:
     )
     return SourceContext(
         image=image,
-        reference=_reference(header),
+        reference=_reference(header, uids),
         study_uid=uids["StudyInstanceUID"],
         series_uid=uids["SeriesInstanceUID"],
         sop_uid=uids["SOPInstanceUID"],
         sop_class_uid=uids["SOPClassUID"],
         modality=str(header.get("Modality", "") or "").strip().upper(),
-        instance_number=max(1, instance_number),
-        pixel_spacing=image.pixel_spacing,
+        instance_number=instance_number,
+        pixel_spacing=checked_pixel_spacing(header),
         patient_orientation=patient_orientation,
         burned_in_annotation=str(header.get("BurnedInAnnotation", "")).strip().upper() == "YES",
         lossy=lossy,

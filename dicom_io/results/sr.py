@@ -9,21 +9,22 @@ Layout (PS3.16 TID 1500)::
     ├── Language, Observer Type = Device, Device Observer UID/Name/Manufacturer/Model/Serial
     ├── Procedure reported = Plain chest X-ray
     ├── Image Library ── Image Library Group ── IMAGE (the source) + descriptors
-    ├── Imaging Measurements
-    │   ├── Measurement Group (TID 1410), one per outlined finding (dicom_io.results.groups)
-    │   │   ├── Tracking Identifier (label) / Tracking UID (deterministic, one per label)
-    │   │   ├── Image Region = SCOORD POLYLINE (closed) SELECTED FROM the source IMAGE
-    │   │   ├── Finding = the label's concept     ├── Algorithm Name/Version/Manufacturer
-    │   │   ├── <label> probability = 100 p {%}   ├── <label> threshold = 100 t {%}
-    │   │   └── <label concept> = Present | Absent (p >= t)
-    │   └── Measurement Group (TID 1501), one per other label
-    │       ├── Tracking Identifier (label) / Tracking UID (deterministic)
-    │       ├── Finding = the label's concept       ├── Algorithm Name/Version/Manufacturer
-    │       ├── Probability = p {probability}      ├── Threshold Value = t {probability}
-    │       ├── <label concept> = Present | Absent (p >= t)
-    │       └── Source = IMAGE (the source)
-    └── Qualitative Evaluations: Intended use; Summary (which findings are above threshold);
-        per explained finding: Heat map (or: Heat map suppressed, and why)
+    ├── Imaging Measurements (only when a finding is outlined)
+    │   └── Measurement Group (TID 1410), one per outlined finding (dicom_io.results.groups)
+    │       ├── Tracking Identifier (label) / Tracking UID (deterministic, one per label)
+    │       ├── Image Region = SCOORD POLYLINE (closed) SELECTED FROM the source IMAGE
+    │       ├── Finding = the label's concept     ├── Algorithm Name/Version/Manufacturer
+    │       ├── <label> probability = 100 p {%}   ├── <label> threshold = 100 t {%}
+    │       └── <label concept> = Present | Absent (p >= t)
+    └── Qualitative Evaluations
+        ├── Intended use; Summary (the findings above threshold, or none)
+        ├── per explained finding: Heat map (or: Heat map suppressed, and why)
+        └── per finding without a region: <label concept> = Present | Absent
+            └── HAS PROPERTIES Probability = p {probability}, Threshold Value = t
+
+Findings without a region are not image-level groups (TID 1501) in Imaging Measurements:
+OHIF 3.13 fails on a group without image coordinates (see
+:func:`~dicom_io.results.groups.finding_item`).
 """
 
 from __future__ import annotations
@@ -57,9 +58,9 @@ from pydicom.tag import Tag
 
 from dicom_io.results import codes
 from dicom_io.results._common import ModelIdentity, check_heatmap, clip_lo, date_time_kwargs, finish
-from dicom_io.results.groups import finding_values, image_group, region_group
+from dicom_io.results.groups import finding_item, finding_values, image_group, region_group
 from dicom_io.results.source import SourceContext
-from dicom_io.results.stencil import GroupStencils, StencilError, encode_item, source_slots
+from dicom_io.results.stencil import FindingStencils, StencilError, encode_item
 from dicom_io.results.uids import tracking_uid
 from domain import HeatMap, Prediction, Region
 
@@ -70,7 +71,9 @@ _ACQ = RelationshipTypeValues.HAS_ACQ_CONTEXT
 _PIXELS = CodedConcept("{pixels}", "UCUM", "Pixels")
 _MM = CodedConcept.from_code(dcm_codes.UCUM.Millimeter)
 _CONTENT_SEQUENCE = 0x0040A730
-_IMAGING_MEASUREMENTS = ("126010", "DCM")
+_QUALITATIVE_EVALUATIONS = (codes.QUALITATIVE_EVALUATIONS.value,
+                            codes.QUALITATIVE_EVALUATIONS.scheme_designator)
+_STAND_IN_UID = "1.2.826.0.1.3680043.10.1111.9.9"
 _IMAGE_LIBRARY = ("111028", "DCM")
 
 
@@ -131,11 +134,12 @@ class FindingsReportTemplate:
         for label in labels:
             if label:
                 self.code(label)
-        self._group_stencils: dict[str, GroupStencils] = {}
+        self._finding_stencils: dict[str, FindingStencils] = {}
         self._no_stencil: set[str] = set()
+        self._stand_in_group: MeasurementsAndQualitativeEvaluations | None = None
 
     def prepare(self) -> bool:
-        """Make the group stencils of the card's labels now (else on first use)."""
+        """Make the finding stencils of the card's labels now (else on first use)."""
         return self._stencils(list(self._codes)) is not None
 
     def code(self, label: str) -> CodedConcept:
@@ -189,7 +193,9 @@ class FindingsReportTemplate:
 
     def _evaluations(self, findings: list[tuple[str, float, float, bool]],
                      heatmaps: Sequence[HeatMap], regions: Mapping[str, Region],
-                     parametric_map: bool) -> ContainerContentItem:
+                     parametric_map: bool, with_findings: bool) -> ContainerContentItem:
+        """Intended use, summary, what became of each heat map; then, ``with_findings``,
+        each finding without a region (:func:`~dicom_io.results.groups.finding_item`)."""
         items = []
         if self.model.intended_use.strip():
             items.append(TextContentItem(
@@ -222,6 +228,9 @@ class FindingsReportTemplate:
                        f"capture{shown}; not for diagnostic use"),
                 relationship_type=_CONTAINS,
             ))
+        if with_findings:
+            items += [finding_item(self.code(label), round(p, 6), round(t, 6), positive)
+                      for label, p, t, positive in findings if label not in regions]
         container = ContainerContentItem(
             name=codes.QUALITATIVE_EVALUATIONS, relationship_type=_CONTAINS
         )
@@ -247,8 +256,8 @@ class FindingsReportTemplate:
         """The SR of one image's prediction, its findings' regions (``regions``, by label)
         and what became of its heat maps.
 
-        With ``stencil`` (the default) the content tree is encoded here: the measurement
-        groups are filled from byte stencils (:mod:`~dicom_io.results.stencil`), the other
+        With ``stencil`` (the default) the content tree is encoded here: the findings without
+        a region are filled from byte stencils (:mod:`~dicom_io.results.stencil`), the other
         items are built by highdicom and encoded by pydicom. highdicom builds the document
         around a content tree holding only the image library (all it reads from the content
         is the evidence the tree references), and the encoded tree replaces it: the same
@@ -263,29 +272,28 @@ class FindingsReportTemplate:
         unknown = sorted(set(regions) - {label for label, *_ in findings})
         if unknown:
             raise ValueError(f"regions of labels {unknown} that the prediction has not")
-        stencils = self._stencils([label for label, *_ in findings]) if stencil else None
-        if stencils is None:
-            groups = [self._group(source, finding, regions.get(finding[0]))
-                      for finding in findings]
-        else:  # a stand-in: the container's content is filled from the stencils below
-            groups = [stencils[findings[0][0]].synthetic]
+        plain = [label for label, *_ in findings if label not in regions]
+        stencils = self._stencils(plain) if stencil else None
+        groups = [self._group(source, f, regions[f[0]]) for f in findings if f[0] in regions]
         report = MeasurementReport(
             observation_context=self.observation_context,
             procedure_reported=codes.PROCEDURE_CHEST_XRAY,
-            imaging_measurements=groups,
+            imaging_measurements=groups or [self._stand_in()],  # highdicom asks for one
             title=codes.REPORT_TITLE,
         )
         root = report[0].ContentSequence
+        if not groups:  # no region: Imaging Measurements is left out (TID 1500 row 9: MC)
+            del root[-1]
         # TID 1500 order: ..., procedure reported, image library, imaging measurements, ...
-        root.insert(len(root) - 1, self._image_library(source))
-        root.append(self._evaluations(findings, heatmaps, regions, parametric_map))
+        root.insert(len(root) - (1 if groups else 0), self._image_library(source))
+        root.append(self._evaluations(findings, heatmaps, regions, parametric_map,
+                                      with_findings=stencils is None))
 
         content: Dataset = report[0]
         encoded = None
         if stencils is not None:
             charset = source.reference.get("SpecificCharacterSet") or default_encoding
-            encoded = self._content_bytes(content, findings, stencils, source, charset,
-                                          regions)
+            encoded = self._content_bytes(content, findings, stencils, charset, regions)
             # highdicom needs the content only for the evidence it references: the source.
             content = _shallow(report[0])
             del content.ContentSequence  # a new element: the report's own stays as it was
@@ -314,72 +322,64 @@ class FindingsReportTemplate:
             _set_raw_content(sr, encoded)
         return sr
 
-    def _content_bytes(self, root: Dataset, findings: list, stencils: dict[str, GroupStencils],
-                       source: SourceContext, charset: str | list[str],
+    def _content_bytes(self, root: Dataset, findings: list,
+                       stencils: dict[str, FindingStencils], charset: str | list[str],
                        regions: Mapping[str, Region]) -> bytes:
-        """The root's Content Sequence encoded, its image-level groups filled from the
-        stencils and its region groups built by highdicom."""
-        slots = source_slots(source.sop_class_uid, source.sop_uid)
-        parts = []
-        for finding in findings:
-            label, p, t, positive = finding
-            region = regions.get(label)
-            if region is not None:
-                parts.append(encode_item(self._group(source, finding, region)[0], charset))
-            else:
-                parts.append(stencils[label].fill(
-                    tracking_uid(source.sop_uid, self.model.sha256, label),
-                    round(p, 6), round(t, 6), positive, slots))
-        groups = b"".join(parts)
+        """The root's Content Sequence encoded, the findings without a region appended to
+        its Qualitative Evaluations from the stencils."""
+        plain = b"".join(stencils[label].fill(round(p, 6), round(t, 6), positive)
+                         for label, p, t, positive in findings if label not in regions)
         parts = []
         for item in root.ContentSequence:
-            if _concept(item) == _IMAGING_MEASUREMENTS:
+            if _concept(item) == _QUALITATIVE_EVALUATIONS:
+                texts = b"".join(encode_item(text, charset) for text in item.ContentSequence)
                 item = _shallow(item)
-                _set_raw_content(item, groups)
+                _set_raw_content(item, texts + plain)
             parts.append(encode_item(item, charset))
         return b"".join(parts)
 
     def _group(self, source: SourceContext, finding: tuple[str, float, float, bool],
-               region: Region | None) -> MeasurementsAndQualitativeEvaluations:
-        label, p, t, positive = finding
+               region: Region) -> MeasurementsAndQualitativeEvaluations:
+        label, _, _, positive = finding
         uid = tracking_uid(source.sop_uid, self.model.sha256, label)
-        if region is not None:
-            return region_group(self.code(label), self.algorithm, label, uid, region,
-                                positive, source.sop_class_uid, source.sop_uid)
-        return self.group(label, uid, round(p, 6), round(t, 6), positive,
-                          source.sop_class_uid, source.sop_uid)
+        return region_group(self.code(label), self.algorithm, label, uid, region, positive,
+                            source.sop_class_uid, source.sop_uid)
 
-    def group(self, label: str, uid: str, probability: float, threshold: float,
-              positive: bool, sop_class_uid: str, sop_uid: str
-              ) -> MeasurementsAndQualitativeEvaluations:
-        """One label's image-level group (TID 1501), built by highdicom."""
-        return image_group(self.code(label), self.algorithm, label, uid, probability,
-                           threshold, positive, sop_class_uid, sop_uid)
+    def _stand_in(self) -> MeasurementsAndQualitativeEvaluations:
+        """A group for highdicom's report to hold where the document has none (removed)."""
+        if self._stand_in_group is None:
+            self._stand_in_group = image_group(
+                codes.PRESENT, self.algorithm, "stand-in", _STAND_IN_UID, 0.0, 0.0, False,
+                _STAND_IN_UID, _STAND_IN_UID)
+        return self._stand_in_group
 
-    def _stencils(self, labels: list[str]) -> dict[str, GroupStencils] | None:
-        """Each label's group stencils (made on first use); None where one cannot be made.
+    def finding(self, label: str, probability: float, threshold: float, positive: bool
+                ) -> Dataset:
+        """One finding without a region, built by highdicom (what the stencils hold)."""
+        return finding_item(self.code(label), probability, threshold, positive)
+
+    def _stencils(self, labels: list[str]) -> dict[str, FindingStencils] | None:
+        """Each label's finding stencils (made on first use); None where one cannot be made.
 
         Stencils are encoded once, so their constant text must encode the same in every
-        character set: labels and model identity in ASCII (else highdicom builds it all).
+        character set: labels in ASCII (else highdicom builds it all).
         """
-        model = self.model
-        if not all(text.isascii() for text in (*labels, model.name, model.version,
-                                                model.manufacturer)):
+        if not all(label.isascii() for label in labels):
             return None
         out = {}
         for label in labels:
-            stencil = self._group_stencils.get(label)
+            stencil = self._finding_stencils.get(label)
             if stencil is None:
                 if label in self._no_stencil:
                     return None
                 try:
-                    stencil = GroupStencils(partial(self.group, label))
+                    stencil = FindingStencils(partial(self.finding, label))
                 except StencilError as e:  # highdicom changed: build everything with it
                     logger.warning("no SR stencil for label %r (%s): highdicom builds it",
                                    label, e)
                     self._no_stencil.add(label)
                     return None
-                self._group_stencils[label] = stencil
+                self._finding_stencils[label] = stencil
             out[label] = stencil
         return out
 

@@ -1,11 +1,11 @@
-"""Byte stencils: the SR's measurement groups encoded once per label, filled per image.
+"""Byte stencils: the SR's finding items encoded once per label, filled per image.
 
-highdicom spends most of an SR's build in the 26 measurement groups (deep copies, evidence
-search) and pydicom most of its encoding. A group differs between images only in a few
-values, so each label's group is built **once** with highdicom from synthetic values
-(never from an image), encoded as Explicit VR Little Endian, and cut into constant bytes
-and *slots*. Per image the slots are filled and the lengths of the enclosing sequences and
-items recomputed: no highdicom object, no pydicom writer.
+Building and encoding the 26 findings' items (a CODE item with two NUMs each) is most of an
+SR's cost. An item differs between images only in a few values, so each label's item is
+built **once** with highdicom from synthetic values (never from an image), encoded as
+Explicit VR Little Endian, and cut into constant bytes and *slots*. Per image the slots are
+filled and the lengths of the enclosing sequences and items recomputed: no highdicom object,
+no pydicom writer.
 
 Safety: a stencil holds only the synthetic values it was made from, so it cannot carry one
 patient's data into another's report. It is checked when made (every slot found exactly
@@ -219,46 +219,34 @@ def _flatten(nodes: list):
             yield node
 
 
-#: Builds one measurement group (a template whose one item is the group's container) from
-#: (tracking uid, p, t, positive, class uid, sop uid).
-GroupFactory = Callable[[str, float, float, bool, str, str], Sequence[Dataset]]
+#: Builds one finding's item (a CODE content item with its probability and threshold NUMs)
+#: from (p, t, positive).
+FindingFactory = Callable[[float, float, bool], Dataset]
 
-_SYN_TRACKING = "1.2.826.0.1.3680043.10.1111.1.1"
-_SYN_CLASS = "1.2.826.0.1.3680043.10.1111.2.2"
-_SYN_INSTANCE = "1.2.826.0.1.3680043.10.1111.3.3"
 _SYN_P = 0.271828
 _SYN_T = 0.314159
 
 
-class GroupStencils:
-    """One label's measurement group (TID 1501), as a stencil for Present and for Absent."""
+class FindingStencils:
+    """One label's finding item, as a stencil for Present and for Absent."""
 
-    def __init__(self, factory: GroupFactory) -> None:
+    def __init__(self, factory: FindingFactory) -> None:
         self.stencils: dict[bool, Stencil] = {}
-        slots = {**_value_slots(_SYN_TRACKING, _SYN_P, _SYN_T),
-                 **source_slots(_SYN_CLASS, _SYN_INSTANCE)}
-        synthetic = tuple(v.encode() for v in (_SYN_TRACKING, _SYN_CLASS, _SYN_INSTANCE,
-                                               ds_text(_SYN_P), ds_text(_SYN_T)))
-        synthetic += (struct.pack("<d", _SYN_P), struct.pack("<d", _SYN_T))
+        slots = _value_slots(_SYN_P, _SYN_T)
+        synthetic = (ds_text(_SYN_P).encode(), ds_text(_SYN_T).encode(),
+                     struct.pack("<d", _SYN_P), struct.pack("<d", _SYN_T))
         for positive in (True, False):
-            template = factory(_SYN_TRACKING, _SYN_P, _SYN_T, positive, _SYN_CLASS,
-                               _SYN_INSTANCE)
-            self.stencils[positive] = Stencil.make(template[0], slots, synthetic)
-        #: The group built from the synthetic values (a highdicom template, one item): a
-        #: stand-in where a document needs a group whose content is then replaced.
-        self.synthetic = template
+            self.stencils[positive] = Stencil.make(factory(_SYN_P, _SYN_T, positive), slots,
+                                                   synthetic)
 
-    def fill(self, tracking_uid: str, probability: float, threshold: float, positive: bool,
-             source: Mapping[str, bytes]) -> bytes:
-        """The group's item bytes; ``source`` holds the encoded ``class``/``instance`` slots."""
-        values = {**_value_slots(tracking_uid, probability, threshold), **source}
-        return self.stencils[positive].fill(values)
+    def fill(self, probability: float, threshold: float, positive: bool) -> bytes:
+        """The finding item's bytes."""
+        return self.stencils[positive].fill(_value_slots(probability, threshold))
 
 
-def _value_slots(tracking_uid: str, probability: float, threshold: float) -> dict[str, bytes]:
-    """The encoded slots that differ between the groups of one image."""
+def _value_slots(probability: float, threshold: float) -> dict[str, bytes]:
+    """The encoded slots that differ between the findings of one image."""
     return {
-        "tracking": ui_element(TAG_UID, tracking_uid),
         "p_ds": ds_element(TAG_NUMERIC_VALUE, probability),
         "p_fd": fd_element(TAG_FLOATING_POINT_VALUE, probability),
         "t_ds": ds_element(TAG_NUMERIC_VALUE, threshold),
@@ -266,12 +254,4 @@ def _value_slots(tracking_uid: str, probability: float, threshold: float) -> dic
     }
 
 
-def source_slots(sop_class_uid: str, sop_instance_uid: str) -> dict[str, bytes]:
-    """The encoded source reference slots shared by every group of one image."""
-    return {
-        "class": ui_element(TAG_REFERENCED_SOP_CLASS_UID, sop_class_uid),
-        "instance": ui_element(TAG_REFERENCED_SOP_INSTANCE_UID, sop_instance_uid),
-    }
-
-
-__all__ = ["GroupStencils", "Stencil", "StencilError", "encode_item", "source_slots"]
+__all__ = ["FindingStencils", "Stencil", "StencilError", "encode_item", "ui_element"]

@@ -17,6 +17,7 @@ from pydicom.uid import generate_uid
 
 from dicom_io.results import codes as rcodes
 from dicom_io.results import instance_uid
+from inference.card import PADCHEST_LABELS
 from system.conftest import radiograph_copy
 from system.peers import NodeProcess, Orthanc, Receiver, free_port, storescu, wait_until
 
@@ -25,11 +26,23 @@ SR_CLASS = "1.2.840.10008.5.1.4.1.1.88.33"  # Comprehensive SR
 
 
 def sr_probabilities(ds: pydicom.Dataset) -> dict[str, float]:
+    """Every label's probability in the SR: outlined findings' region groups (in %), the
+    others' items in Qualitative Evaluations."""
     sr = hd.sr.ComprehensiveSR.from_dataset(ds)
     out = {}
-    for group in sr.content.get_image_measurement_groups():
-        [probability] = group.get_measurements(name=rcodes.PROBABILITY)
-        out[group.tracking_identifier] = round(float(probability.value), 6)
+    for group in sr.content.get_planar_roi_measurement_groups():
+        label = group.tracking_identifier
+        [probability] = group.get_measurements(name=rcodes.probability_of(label))
+        out[label] = round(float(probability.value) / 100, 6)
+    labels = {rcodes.finding_code(label).value: label for label in PADCHEST_LABELS}
+    [evaluations] = [item for item in ds.ContentSequence if item.ConceptNameCodeSequence[0]
+                     .CodeValue == rcodes.QUALITATIVE_EVALUATIONS.value]
+    for item in evaluations.ContentSequence:
+        if item.ValueType == "CODE":
+            [probability] = [num for num in item.ContentSequence if num.ConceptNameCodeSequence[0]
+                             .CodeValue == rcodes.PROBABILITY.value]
+            value = float(probability.MeasuredValueSequence[0].NumericValue)
+            out[labels[item.ConceptNameCodeSequence[0].CodeValue]] = round(value, 6)
     return out
 
 
@@ -327,8 +340,8 @@ def test_same_image_same_answer_through_dimse_stow_and_score(
 
     with urllib.request.urlopen(f"{orthanc.url}/instances/{found[0]['ID']}/file") as f:
         stow_sr = pydicom.dcmread(io.BytesIO(f.read()))
-    assert sr_probabilities(dimse_sr) == sr_probabilities(stow_sr) == {
-        k: round(v, 6) for k, v in expected.items()}
+    assert sr_probabilities(dimse_sr) == sr_probabilities(stow_sr)
+    assert sr_probabilities(dimse_sr) == pytest.approx(expected, abs=2e-6)  # 6 decimals
 
 
 def test_openapi_schema_holds_under_schemathesis(node: NodeProcess) -> None:
