@@ -50,6 +50,8 @@ IDENTITY_UIDS = ("SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID")
 #: PS3.5 9.1: components of digits without leading zeros, joined by dots; at most 64 chars.
 _UID = re.compile(r"^(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))*$")
 _UID_CHARACTERS = re.compile(r"^[0-9.]*$")
+#: The first two arcs of an OID (ISO/IEC 8824): root 0, 1 or 2; under 0 and 1, below 40.
+_UID_ROOT = re.compile(r"^([01]\.([0-9]|[1-3][0-9])|2\.(0|[1-9][0-9]*))(\.|$)")
 UID_MAX = 64
 
 
@@ -167,6 +169,8 @@ def uid_problem(value: str) -> str | None:
         return f"has characters other than digits and '.' ({len(value)} characters)"
     if not _UID.match(value):
         return f"{value!r} has an empty component or one with a leading zero"
+    if not _UID_ROOT.match(value):
+        return f"{value!r} does not start with an OID root (0, 1 or 2, then an arc)"
     return None
 
 

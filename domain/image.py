@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -69,7 +70,7 @@ class SourceImage:
                 spacing = (float(value[0]), float(value[1]))
             except (TypeError, ValueError, IndexError):
                 continue
-            if spacing[0] > 0 and spacing[1] > 0:
+            if all(math.isfinite(v) and v > 0 for v in spacing):
                 return spacing
         return None
 

@@ -180,6 +180,8 @@ REFUSED: list[tuple[str, Mutation, type[DicomIOError], str, tuple[str, ...], boo
     ("study-instance-uid-leading-zero", raw(0x0020000D, "UI", b"1.2.840.01.5\x00"),
      InvalidInputError, "invalid-uid", ("StudyInstanceUID", "1.2.840.01.5", "leading zero"),
      True),
+    ("study-instance-uid-no-oid-root", raw(0x0020000D, "UI", b"62"), InvalidInputError,
+     "invalid-uid", ("StudyInstanceUID", "'62'", "OID root"), True),  # dciodvfy refuses it
     ("series-instance-uid-empty", raw(0x0020000E, "UI", b""), InvalidInputError,
      "missing-uid", ("SeriesInstanceUID",), True),
     ("series-instance-uid-empty-component", raw(0x0020000E, "UI", b"1.2..3\x00"),

@@ -539,3 +539,18 @@ def test_the_log_names_attributes_never_values(cr_path: Path, loaded_model,
         assert value not in text, value
     for value in ("Zzyzx", "Longfamilyname", "1999-12-31", "81,25"):
         assert value not in everything, value
+
+
+def test_a_one_part_patient_name_reaches_no_log(cr_path: Path, loaded_model,
+                                                caplog: pytest.LogCaptureFixture) -> None:
+    """highdicom logs a Patient's Name without "^" as potentially invalid, quoting it; the
+    results still carry the name, and no log line does."""
+    ds = _cr(cr_path, "one-part name")
+    ds.PatientName = "Phionasentinel"
+    with _quiet():
+        image = _load(ds, "one-part-name")
+    with caplog.at_level(logging.DEBUG):
+        rs = _build(image, loaded_model)
+    assert "Phionasentinel" not in caplog.text
+    assert {kind: str(obj.PatientName) for kind, obj in rs.items()} == dict.fromkeys(
+        KINDS_OF_RESULT, "Phionasentinel")

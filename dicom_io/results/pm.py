@@ -137,6 +137,7 @@ def build_pm(
         **model.equipment_kwargs(),
         **date_time_kwargs(when),
     )
+    source.name(pm)
     measures = pm.SharedFunctionalGroupsSequence[0].PixelMeasuresSequence[0]
     if spacing is None and "PixelSpacing" in measures:
         del measures.PixelSpacing  # unknown: not 1 mm

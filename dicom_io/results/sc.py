@@ -299,6 +299,7 @@ def build_sc(
         **date_time_kwargs(when),
     )
     sc.copy_patient_and_study_information(reference)
+    source.name(sc)
     # Type 2: the source's (possibly oblique, e.g. "LF"), or empty when unknown.
     sc.PatientOrientation = list(source.patient_orientation or ()) or None
     sc.DateOfSecondaryCapture = sc.ContentDate

@@ -100,6 +100,10 @@ def reference_tags() -> frozenset[int]:
     return taken_tags() | {tag_for_keyword(keyword) for keyword in keywords}
 
 
+#: The Patient's Name result constructors see (see :meth:`SourceContext.for_result`).
+NAME_PLACEHOLDER = "^"
+
+
 @dataclass(frozen=True)
 class SourceContext:
     """The source image as the result objects reference it.
@@ -143,7 +147,16 @@ class SourceContext:
         for elem in self.reference:
             if elem.tag not in skip:
                 ds.add(copy.deepcopy(elem) if elem.tag in taken else elem)
+        if "PatientName" in ds:
+            # highdicom warns of a name without "^" as "potentially invalid", quoting it (no
+            # patient data in logs): constructors get a placeholder, :meth:`name` the result.
+            ds.PatientName = NAME_PLACEHOLDER
         return ds
+
+    def name(self, result: Dataset) -> None:
+        """Give ``result`` the source's Patient's Name (its constructor got a placeholder)."""
+        if "PatientName" in self.reference:
+            result["PatientName"] = copy.deepcopy(self.reference["PatientName"])
 
     @property
     def rows(self) -> int:

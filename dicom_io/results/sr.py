@@ -317,6 +317,7 @@ class FindingsReportTemplate:
             **self.model.equipment_kwargs(),
             **date_time_kwargs(when),
         )
+        source.name(sr)
         finish(sr, self.model, when)
         if encoded is not None:
             _set_raw_content(sr, encoded)

@@ -12,6 +12,8 @@ from __future__ import annotations
 import re
 import uuid
 
+from dicom_io.gate import uid_problem
+
 #: Namespace of every name-based UUID the node derives (itself uuid5 of the node's URN).
 NAMESPACE = uuid.uuid5(uuid.NAMESPACE_URL, "urn:cxr-node:dicom-results")
 
@@ -19,7 +21,6 @@ NAMESPACE = uuid.uuid5(uuid.NAMESPACE_URL, "urn:cxr-node:dicom-results")
 OBJECT_TYPES = ("sr", "sc", "pm")
 
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
-_UID = re.compile(r"^(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))*$")
 
 
 def _text(name: str, value: object) -> str:
@@ -32,10 +33,12 @@ def _text(name: str, value: object) -> str:
 
 
 def check_uid(name: str, value: object) -> str:
-    """``value`` as a valid UID string; ``ValueError`` naming ``name`` otherwise."""
+    """``value`` as a valid UID string (the gate's rules); ``ValueError`` naming ``name``
+    otherwise."""
     value = _text(name, value)
-    if len(value) > 64 or not _UID.match(value):
-        raise ValueError(f"{name} {value!r} is not a valid DICOM UID")
+    problem = uid_problem(value)
+    if problem:
+        raise ValueError(f"{name} is not a valid DICOM UID: {problem}")
     return value
 
 

@@ -95,7 +95,8 @@ def storescu(port: int, files: list[Path], called: str = "CXRNODE", calling: str
 
 
 def dciodvfy_errors(path: Path) -> list[str]:
-    proc = subprocess.run(["dciodvfy", str(path)], capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(["dciodvfy", str(path)], capture_output=True, text=True,
+                          errors="replace", timeout=120)  # it quotes values in their own bytes
     return [line for line in (proc.stdout + proc.stderr).splitlines() if line.startswith("Error")]
 
 
