@@ -23,11 +23,9 @@ Each change is logged at DEBUG naming the attribute, never its value.
 
 from __future__ import annotations
 
-import datetime
 import logging
-import math
 import re
-from collections.abc import Callable, Collection
+from collections.abc import Collection
 from typing import Any
 
 from highdicom import SpecificCharacterSetValues
@@ -38,9 +36,15 @@ from pydicom.dataelem import DataElement, RawDataElement
 from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
 from pydicom.tag import BaseTag, Tag
-from pydicom.valuerep import TEXT_VR_DELIMS, format_number_as_ds
+from pydicom.valuerep import TEXT_VR_DELIMS
 
 from dicom_io.results.modules import ENUMERATED, check_items, conform_modules
+from dicom_io.results.values import (
+    CHECKS,
+    SINGLE_VALUE_VRS,
+    STRING_VRS,
+    TEXT_MAX,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -51,109 +55,7 @@ _TERMS = tuple(sorted(v.value for v in SpecificCharacterSetValues if v.value in 
 _MULTI_BYTE = frozenset({"ISO 2022 IR 87", "ISO 2022 IR 159", "ISO 2022 IR 58"})
 _G0 = "ISO 2022 IR 6"
 
-#: Text VRs (the character set applies) and their longest values in bytes (UC, UT: no limit).
-_TEXT_MAX = {"SH": 16, "LO": 64, "PN": 64, "ST": 1024, "LT": 10240, "UC": 0, "UT": 0}
-#: VRs whose one value may hold a backslash (VM is always 1), and whose leading blanks count.
-_SINGLE = frozenset({"ST", "LT", "UT", "UR"})
-_NUMERIC = re.compile(r"[+-]?(\d+|\d+\.\d*|\.\d+)([eE][+-]?\d+)?")
-_INTEGER = re.compile(r"[+-]?\d+")
-_INTEGRAL = re.compile(r"([+-]?\d+)\.0*")
-#: A UID (PS3.5 9.1) under an OID root arc (0, 1 or 2; under 0 and 1, arcs below 40).
-_UID = re.compile(r"([01]\.([0-9]|[1-3][0-9])|2\.(0|[1-9][0-9]*))(\.(0|[1-9][0-9]*))*")
-_CS = re.compile(r"[A-Z0-9 _]*")
-_AE = re.compile(r"[\x20-\x5b\x5d-\x7e]*")
-_UR = re.compile(r"[A-Za-z0-9_:/?#\[\]@!$&'()*+,;=%\-.~]*")
-_AS = re.compile(r"(\d{1,3}) ?([DWMY]?)")
-_DA = re.compile(r"(\d{4})([-./]?)(\d\d)\2(\d\d)")
-_TM = re.compile(r"(\d\d)(?:(:?)(\d\d)(?:\2(\d\d)(\.\d{1,6})?)?)?")
-_DT = re.compile(r"(\d{4})(?:(\d\d)(?:(\d\d)(?:(\d\d)(?:(\d\d)(?:(\d\d)(\.\d{1,6})?)?)?)?)?)?"
-                 r"([+-]\d{4})?")
-_ISO_DT = re.compile(r"(\d{4})-(\d\d)-(\d\d)(?:[T ](\d\d):(\d\d)(?::(\d\d)(\.\d{1,6})?)?)?")
 _VM = re.compile(r"(\d+)(?:-(\d+)?(n)?)?")
-
-
-def _as(text: str) -> str | None:
-    m = _AS.fullmatch(text.strip().upper())
-    return f"{int(m[1]):03d}{m[2] or 'Y'}" if m else None  # a bare number of years: 62 -> 062Y
-
-
-def _date(year: str, month: str | None, day: str | None) -> bool:
-    """A calendar date of the years 1000 to 2999 (dciodvfy's range: no radiograph is older,
-    and a later year is a broken value)."""
-    if not 1000 <= int(year) <= 2999:
-        return False
-    try:
-        datetime.date(int(year), int(month or 1), int(day or 1))
-    except ValueError:
-        return False
-    return True
-
-
-def _clock(hour: str | None, minute: str | None, second: str | None) -> bool:
-    """Hours, minutes and seconds in range (no leap second: dciodvfy refuses 60)."""
-    return int(hour or 0) <= 23 and int(minute or 0) <= 59 and int(second or 0) <= 59
-
-
-def _da(text: str) -> str | None:
-    m = _DA.fullmatch(text.strip())
-    return m[1] + m[3] + m[4] if m and _date(m[1], m[3], m[4]) else None
-
-
-def _tm(text: str) -> str | None:
-    m = _TM.fullmatch(text.strip())
-    if not m or not _clock(m[1], m[3], m[4]):
-        return None
-    return "".join(part or "" for part in (m[1], m[3], m[4], m[5]))
-
-
-def _dt(text: str) -> str | None:
-    text = text.strip()
-    m = _DT.fullmatch(text)
-    parts = m.groups() if m else None
-    if parts is None and (iso := _ISO_DT.fullmatch(text)):
-        parts = (*iso.groups(), None)
-    if parts is None:
-        return None
-    year, month, day, hour, minute, second, _, offset = parts
-    if not (_date(year, month, day) and _clock(hour, minute, second)):
-        return None
-    if offset and not (int(offset[1:3]) <= 14 and int(offset[3:]) <= 59):
-        return None
-    return "".join(part or "" for part in parts)
-
-
-def decimal_string(text: str) -> str | None:
-    """``text`` as a valid DS (blanks off, past 16 characters re-written), or None."""
-    text = text.strip()
-    if not _NUMERIC.fullmatch(text):
-        return None
-    if len(text) <= 16:
-        return text
-    number = float(text)  # the same number in 16 characters
-    return format_number_as_ds(number) if math.isfinite(number) else None
-
-
-def _is(text: str) -> str | None:
-    text = text.strip()
-    if m := _INTEGRAL.fullmatch(text):
-        text = m[1]  # 12.0 is the integer 12
-    if not _INTEGER.fullmatch(text) or not -(2**31 - 1) <= int(text) <= 2**31 - 1:
-        return None
-    return text if len(text) <= 12 else str(int(text))
-
-
-def _matching(pattern: re.Pattern[str], longest: int, text: str) -> str | None:
-    return text if len(text) <= longest and pattern.fullmatch(text) else None
-
-
-_CHECKS: dict[str, Callable[[str], str | None]] = {
-    "AS": _as, "DA": _da, "TM": _tm, "DT": _dt, "DS": decimal_string, "IS": _is,
-    "UI": lambda text: _matching(_UID, 64, text.strip(" \x00")),
-    "CS": lambda text: _matching(_CS, 16, text.strip().upper()),
-    "AE": lambda text: _matching(_AE, 16, text.strip()),
-    "UR": lambda text: _matching(_UR, 2**32 - 2, text.rstrip(" ")),
-}
-_STRING_VRS = frozenset(_CHECKS) | frozenset(_TEXT_MAX)
 
 
 def declared_character_set(values: list[str]) -> tuple[str | list[str] | None, list[str]]:
@@ -243,8 +145,8 @@ class _Checker:
 
     def text(self, vr: str, text: str) -> str | None:
         text = text.rstrip(" \x00")  # padding, also NUL as some senders pad
-        text = text if vr in _SINGLE else text.lstrip(" ")
-        allowed = "\n\r\f" if vr in _SINGLE else ""
+        text = text if vr in SINGLE_VALUE_VRS else text.lstrip(" ")
+        allowed = "\n\r\f" if vr in SINGLE_VALUE_VRS else ""
         for char in text:
             code = ord(char)
             if (code < 0x20 and char not in allowed) or 0x7F <= code <= 0x9F or char == "\ufffd":
@@ -254,7 +156,8 @@ class _Checker:
             return None
         # A delimiter byte inside a multi-byte character (GB18030, GBK) reads as a delimiter
         # (with code extensions, readers know it by the escape sequences around it).
-        delimiters = ("\\", "^", "=") if vr == "PN" else ("\\",) if vr not in _SINGLE else ()
+        delimiters = (("\\", "^", "=") if vr == "PN"
+                      else ("\\",) if vr not in SINGLE_VALUE_VRS else ())
         if len(self.codecs) == 1 and not self.codecs[0].startswith("iso2022") and any(
             encoded.count(d.encode()) != text.count(d) for d in delimiters
         ):
@@ -265,26 +168,26 @@ class _Checker:
                                       for g in groups):
                 return None
             return text
-        longest = _TEXT_MAX[vr]
+        longest = TEXT_MAX[vr]
         return text if not longest or len(encoded) <= longest else None
 
     def value(self, vr: str, text: str) -> str | None:
         if not text.strip(" \x00"):
             return ""
-        if vr in _TEXT_MAX:
+        if vr in TEXT_MAX:
             return self.text(vr, text)
-        return _CHECKS[vr](text)
+        return CHECKS[vr](text)
 
     def _rawtexts_of(self, raw: RawDataElement, vr: str) -> list[str]:
         """The values of an element pydicom has not converted, decoded here: converting
         would have pydicom validate them, and its warnings (logged) quote the value."""
         value = raw.value or b""
-        parts = [value] if vr in _SINGLE else value.split(b"\\")
+        parts = [value] if vr in SINGLE_VALUE_VRS else value.split(b"\\")
         if vr == "PN":
             return ["=".join(decode_bytes(group, self.codecs, {0x5E}) for group in
                              part.split(b"=")) for part in parts]
-        if vr in _TEXT_MAX:
-            delimiters = set(TEXT_VR_DELIMS) if vr in _SINGLE else set()
+        if vr in TEXT_MAX:
+            delimiters = set(TEXT_VR_DELIMS) if vr in SINGLE_VALUE_VRS else set()
             return [decode_bytes(part, self.codecs, delimiters) for part in parts]
         return [part.decode("ascii", "replace") for part in parts]  # U+FFFD: refused
 
@@ -302,11 +205,11 @@ class _Checker:
         vr = (raw.VR if raw.VR not in (None, "UN") else allowed[0]) if raw else item.VR
         target = vr
         if vr not in allowed:
-            if not (vr in _STRING_VRS and len(allowed) == 1 and allowed[0] in _STRING_VRS):
+            if not (vr in STRING_VRS and len(allowed) == 1 and allowed[0] in STRING_VRS):
                 return None, f"VR {vr} where the dictionary says {'/'.join(allowed)}"
             target = allowed[0]
         allowed_values = ENUMERATED.get(keyword_for_tag(tag))
-        if target not in _STRING_VRS:  # binary or SQ: pydicom read it whole
+        if target not in STRING_VRS:  # binary or SQ: pydicom read it whole
             elem = ds[tag]
             if elem.VR == "SQ":
                 problem = check_items(elem, self.element)
@@ -320,9 +223,10 @@ class _Checker:
         texts = self._rawtexts_of(raw, target) if raw is not None else texts_of(ds[tag].value)
         if texts is None:
             return None, f"undecoded bytes in a {target}"
-        if target in _SINGLE and len(texts) > 1:
+        if target in SINGLE_VALUE_VRS and len(texts) > 1:
             texts = ["\\".join(texts)]
-        elif target not in _SINGLE and vr in _SINGLE:  # read as one value: split as the VR is
+        elif target not in SINGLE_VALUE_VRS and vr in SINGLE_VALUE_VRS:
+            # read as one value: split as the VR is
             texts = [part for text in texts for part in text.split("\\")]
         fixed = [self.value(target, text) for text in texts]
         if None in fixed:

@@ -35,8 +35,9 @@ from pydicom.tag import Tag
 from dicom_io.errors import ResultBuildError
 from dicom_io.gate import CHEST_BODY_PARTS
 from dicom_io.results.modules import PATIENT_STUDY_SPECIMEN_KEYWORDS
-from dicom_io.results.sanitize import decimal_string, sanitize, texts_of
+from dicom_io.results.sanitize import sanitize, texts_of
 from dicom_io.results.uids import check_uid
+from dicom_io.results.values import decimal_string
 from domain import SourceImage
 
 logger = logging.getLogger(__name__)
