@@ -191,6 +191,25 @@ def test_dciodvfy_reports_no_errors(results: dict, name: str, kind: str) -> None
     assert not errors, "\n".join(lines)
 
 
+def test_with_no_positive_finding_the_sr_says_so_and_has_no_region(
+    sources: dict, builder: ResultBuilder, tmp_path: Path
+) -> None:
+    image = sources["cr"]
+    negative = Prediction(tuple(Finding(label, 0.01, 0.5) for label in PADCHEST_LABELS))
+    rs = builder.build(image, negative, heat_map(image), timestamp=T1)
+    path = rs.write(tmp_path)["sr"]
+    sr = hd.sr.srread(path)
+    concepts = [item.ConceptNameCodeSequence[0].CodeValue for item in sr.ContentSequence]
+    assert "126010" not in concepts  # no Imaging Measurements container, no region
+    assert set(findings_without_region(sr)) == set(PADCHEST_LABELS)
+    texts = [item.TextValue for item in _walk(sr) if item.get("ValueType") == "TEXT"]
+    assert "No finding is above its threshold" in texts
+    proc = subprocess.run([require_tool("dciodvfy"), str(path)], capture_output=True,
+                          text=True, timeout=60)
+    assert not [line for line in (proc.stdout + proc.stderr).splitlines()
+                if line.startswith("Error")], proc.stderr
+
+
 @pytest.mark.parametrize("name", NAMES)
 def test_dsrdump_parses_the_sr(results: dict, name: str) -> None:
     tool = require_tool("dsrdump")
