@@ -69,6 +69,7 @@ def test_predict_bad_model_is_one_line_exit_2(
     assert len(err) == 1 and err[0].startswith("cxr-node predict: ")
 
 
+@pytest.mark.system  # the installed console script, as a process
 def test_console_script_runs(tmp_path: Path, cr_path: Path, whole_model_path: Path) -> None:
     exe = Path(sys.executable).with_name("cxr-node")
     proc = subprocess.run(

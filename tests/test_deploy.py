@@ -178,6 +178,7 @@ def dicom_bytes(ds: pydicom.Dataset) -> bytes:
 # --- scoring under the real server -------------------------------------------------------
 
 
+@pytest.mark.system  # azmlinfsrv, the Azure scorer, as a process
 @pytest.mark.parametrize("content_type", ["application/dicom", "application/octet-stream"])
 def test_raw_body_gives_the_score_document(server, expected, model, cr_path: Path,
                                            content_type: str):
@@ -197,6 +198,7 @@ def test_raw_body_gives_the_score_document(server, expected, model, cr_path: Pat
     assert "explanation" not in doc
 
 
+@pytest.mark.system  # azmlinfsrv, the Azure scorer, as a process
 def test_multipart_image_with_gradcam(server, expected, cr_path: Path):
     url, _ = server
     r = requests.post(url, params={"explain": "gradcam"}, timeout=120,
@@ -208,6 +210,7 @@ def test_multipart_image_with_gradcam(server, expected, cr_path: Path):
     assert doc == want
 
 
+@pytest.mark.system  # azmlinfsrv, the Azure scorer, as a process
 def test_get_returns_the_model_card(server, model):
     url, _ = server
     r = requests.get(url, timeout=10)
@@ -216,6 +219,7 @@ def test_get_returns_the_model_card(server, model):
     assert r.json()["thresholds"][PADCHEST_LABELS.index("Cardiomegaly")] == 0.42
 
 
+@pytest.mark.system  # azmlinfsrv, the Azure scorer, as a process
 def test_lateral_view_is_declined_422(server, cr_path: Path):
     url, _ = server
     ds = pydicom.dcmread(cr_path)
@@ -225,6 +229,7 @@ def test_lateral_view_is_declined_422(server, cr_path: Path):
     assert_error(r, 422, "declined", "view")
 
 
+@pytest.mark.system  # azmlinfsrv, the Azure scorer, as a process
 @pytest.mark.parametrize("data", [b"this is not DICOM" * 100, b""], ids=["garbage", "empty"])
 def test_broken_input_is_400(server, data: bytes):
     url, _ = server
@@ -232,6 +237,7 @@ def test_broken_input_is_400(server, data: bytes):
     assert_error(r, 400, "invalid-input")
 
 
+@pytest.mark.system  # azmlinfsrv, the Azure scorer, as a process
 def test_truncated_dicom_is_400(server, cr_path: Path):
     url, _ = server
     r = requests.post(url, data=cr_path.read_bytes()[:4000], timeout=30,
@@ -239,6 +245,7 @@ def test_truncated_dicom_is_400(server, cr_path: Path):
     assert_error(r, 400, "invalid-input")
 
 
+@pytest.mark.system  # azmlinfsrv, the Azure scorer, as a process
 @pytest.mark.parametrize("content_type", ["text/plain", "application/json", None])
 def test_wrong_media_type_is_415(server, cr_path: Path, content_type: str | None):
     url, _ = server
@@ -248,6 +255,7 @@ def test_wrong_media_type_is_415(server, cr_path: Path, content_type: str | None
     assert_error(r, 415, "unsupported-media-type")
 
 
+@pytest.mark.system  # azmlinfsrv, the Azure scorer, as a process
 def test_body_over_the_limit_is_413(server, cr_path: Path, limit_bytes: int):
     url, _ = server
     data = cr_path.read_bytes() + b"\0" * (limit_bytes - cr_path.stat().st_size + 1)
@@ -257,6 +265,7 @@ def test_body_over_the_limit_is_413(server, cr_path: Path, limit_bytes: int):
     assert_error(r, 413, "too-large")
 
 
+@pytest.mark.system  # azmlinfsrv, the Azure scorer, as a process
 def test_chunked_body_over_the_limit_is_413(server, limit_bytes: int):
     url, _ = server
     chunks = (b"\0" * 65536 for _ in range(limit_bytes // 65536 + 2))  # no Content-Length
@@ -265,6 +274,7 @@ def test_chunked_body_over_the_limit_is_413(server, limit_bytes: int):
     assert_error(r, 413, "too-large")
 
 
+@pytest.mark.system  # azmlinfsrv, the Azure scorer, as a process
 def test_invalid_requests_are_422(server, cr_path: Path):
     url, _ = server
     r = requests.post(url, files={"file": ("x.dcm", b"DICM")}, timeout=30)
@@ -274,6 +284,7 @@ def test_invalid_requests_are_422(server, cr_path: Path):
     assert_error(r, 422, "invalid-request")
 
 
+@pytest.mark.system  # azmlinfsrv, the Azure scorer, as a process
 def test_server_log_has_no_patient_data(server, cr_path: Path):
     """Runs after the scoring tests (file order): nothing of the patient in the log."""
     _, log = server

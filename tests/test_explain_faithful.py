@@ -136,8 +136,9 @@ def cases(disc_model, cr_path) -> list[Case]:
         stored = stored - spot * rng.uniform(*CONTRAST) * float(ds.WindowWidth)
         ds.PixelData = np.clip(stored, 0, 2**15 - 1).astype("<u2").tobytes()
         made.append(("nema-cr", dicom_io.from_dataset(ds, f"cr{i}.dcm"), disc))
-    for i in range(2):  # large 16-bit (2048 x 2048, a detector's full resolution)
-        display, disc = _paste(chest_phantom(2048, 2048, rng), rng)
+    for i in range(2):  # large 16-bit (2048 x 2048, a detector's full resolution); the
+        # phantom drawn at 512 and enlarged (drawn at 2048 it takes 5 s)
+        display, disc = _paste(cv2.resize(chest_phantom(512, 512, rng), (2048, 2048)), rng)
         pixels = np.rint(np.clip(display, 0, 1) * 65535).astype(np.uint16)
         made.append(("large16", SourceImage(f"large{i}.png", pixels, 65535), disc))
     for path in _real_images()[16:]:  # held-out half of the NIH sample

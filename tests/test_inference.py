@@ -227,6 +227,7 @@ def test_onnx_fast_path_predicts_the_same_and_keeps_the_module(
         np.testing.assert_allclose(again.probabilities(batch), whole, atol=1e-6)
 
 
+@pytest.mark.system  # the export's child process (python -m inference.export)
 def test_onnx_export_in_a_child_process_enables_the_fast_path(
     tmp_path: Path, whole_model_path: Path, batch: np.ndarray
 ) -> None:
@@ -242,6 +243,7 @@ def test_onnx_export_in_a_child_process_enables_the_fast_path(
     assert sorted(p.name for p in tmp_path.iterdir()) == [f"{eager.sha256}.onnx"]
 
 
+@pytest.mark.system  # the export's child process (python -m inference.export)
 def test_onnx_export_child_refuses_weights_that_changed(
     tmp_path: Path, whole_model_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
