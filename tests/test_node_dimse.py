@@ -70,3 +70,39 @@ def test_scp_connections_send_without_nagle_and_stop_with_the_ae() -> None:
         ae.shutdown()
     with pytest.raises(OSError):
         socket.create_connection(("127.0.0.1", port), timeout=2).close()
+
+
+def test_a_jpeg_capture_reaches_a_peer_without_jpeg_as_the_same_instance(
+    tmp_path, cr_path, loaded_model
+) -> None:
+    """A peer that accepts only uncompressed syntaxes gets the capture decompressed (RGB),
+    under its own SOP Instance UID: the UIDs stay deterministic whatever the peer takes."""
+    import numpy as np
+    import pydicom
+
+    import dicom_io
+    from dicom_io.results import build_results
+    from domain import Finding, HeatMap, Prediction
+    from node.bench.harness import ResultReceiver
+    from node.dimse.scu import Outgoing, send_files
+    from node.settings import Peer
+
+    image = dicom_io.load(cr_path)
+    values = np.zeros((image.rows, image.columns), np.float32)
+    values[100:200, 300:400] = 1.0
+    prediction = Prediction((Finding("Nodule", 0.9, 0.5),))
+    results = build_results(image, prediction, loaded_model,
+                            HeatMap(values, "Nodule", "gradcam"))
+    path = results.write(tmp_path)["sc"]
+    sc = results.sc
+    assert sc.file_meta.TransferSyntaxUID == "1.2.840.10008.1.2.4.50"
+    receiver = ResultReceiver("PACS").start()  # explicit and implicit VR little endian only
+    try:
+        item = Outgoing(path, str(sc.SOPClassUID), str(sc.file_meta.TransferSyntaxUID))
+        assert send_files(Peer("PACS", "127.0.0.1", receiver.port), [item], "CXRNODE") == [
+            (path, None)]
+        got = receiver.got({str(sc.SOPInstanceUID)})
+    finally:
+        receiver.stop()
+    assert got[str(sc.SOPInstanceUID)].sop_class == str(sc.SOPClassUID)
+    assert pydicom.dcmread(path).SOPInstanceUID == sc.SOPInstanceUID  # the file is untouched

@@ -16,7 +16,6 @@ from __future__ import annotations
 import datetime
 import io
 import logging
-import math
 from collections.abc import Sequence
 
 import numpy as np
@@ -161,18 +160,6 @@ def check_transfer_syntax(uid: object) -> str:
     return uid.strip()
 
 
-def _spacing(source: SourceContext) -> tuple[float, float] | None:
-    """The source's pixel spacing if it is two positive finite numbers (never ``0\\0``)."""
-    spacing = getattr(source, "pixel_spacing", None)
-    try:
-        pair = (float(spacing[0]), float(spacing[1]))  # type: ignore[index]
-    except (TypeError, ValueError, IndexError):
-        return None
-    if not all(math.isfinite(v) and v > 0 for v in pair):
-        return None
-    return pair
-
-
 def capture_pixels(
     source: SourceContext,
     values: np.ndarray,
@@ -289,7 +276,7 @@ def build_sc(
         # valid single-component person names such as a referring physician "ward").
         # highdicom takes single letters only; the source's value is set below.
         patient_orientation=("L", "F"),
-        pixel_spacing=_spacing(source),
+        pixel_spacing=source.pixel_spacing,  # checked: None unless two finite, positive
         # JPEG baseline: encoded here (_jpeg_baseline), from the native pixels.
         transfer_syntax_uid=EXPLICIT_VR_LITTLE_ENDIAN if jpeg else transfer_syntax,
         series_description=clip_lo(series_description),

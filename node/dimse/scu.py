@@ -91,7 +91,7 @@ def _store(assoc, item: Outgoing):
         return assoc.send_c_store(item.path)
     ds = pydicom.dcmread(item.path)
     if ds.file_meta.TransferSyntaxUID.is_compressed:
-        ds.decompress()
+        ds.decompress(generate_instance_uid=False)  # the same instance, another syntax
     return assoc.send_c_store(ds)
 
 
