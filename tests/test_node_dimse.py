@@ -96,7 +96,7 @@ def test_a_jpeg_capture_reaches_a_peer_without_jpeg_as_the_same_instance(
     path = results.write(tmp_path)["sc"]
     sc = results.sc
     assert sc.file_meta.TransferSyntaxUID == "1.2.840.10008.1.2.4.50"
-    receiver = ResultReceiver("PACS").start()  # explicit and implicit VR little endian only
+    receiver = ResultReceiver("PACS", compressed=False).start()  # no JPEG
     try:
         item = Outgoing(path, str(sc.SOPClassUID), str(sc.file_meta.TransferSyntaxUID))
         assert send_files(Peer("PACS", "127.0.0.1", receiver.port), [item], "CXRNODE") == [

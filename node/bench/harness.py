@@ -253,9 +253,12 @@ class ResultReceiver:
     """A pynetdicom C-STORE SCP in this process collecting the node's results: arrival time
     (``time.perf_counter``), SOP class and size of each, by SOP Instance UID."""
 
-    def __init__(self, ae_title: str = "BENCH", host: str = "127.0.0.1") -> None:
+    def __init__(self, ae_title: str = "BENCH", host: str = "127.0.0.1",
+                 compressed: bool = True) -> None:
+        """``compressed``: also take the capture's compressed syntaxes, as archives do."""
         self.ae_title = ae_title
         self.host = host
+        self.compressed = compressed
         self.port = 0
         self.arrivals: dict[str, Arrival] = {}
         self._lock = threading.Lock()
@@ -266,15 +269,23 @@ class ResultReceiver:
         return f"{self.ae_title}@{self.host}:{self.port}"
 
     def start(self) -> ResultReceiver:
-        from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
+        from pydicom.uid import (
+            ExplicitVRLittleEndian,
+            ImplicitVRLittleEndian,
+            JPEG2000Lossless,
+            JPEGBaseline8Bit,
+        )
         from pynetdicom import AE, AllStoragePresentationContexts, evt
 
         ae = AE(ae_title=self.ae_title)
         # Explicit VR first, as dcmtk's storescp and most archives prefer (pynetdicom's
-        # default prefers Implicit VR, which makes the sender re-encode every object).
+        # default prefers Implicit VR, which makes the sender re-encode every object); the
+        # capture's compressed syntaxes, as an archive takes them.
+        syntaxes = [ExplicitVRLittleEndian, ImplicitVRLittleEndian]
+        if self.compressed:
+            syntaxes += [JPEGBaseline8Bit, JPEG2000Lossless]
         for context in AllStoragePresentationContexts:
-            ae.add_supported_context(context.abstract_syntax,
-                                     [ExplicitVRLittleEndian, ImplicitVRLittleEndian])
+            ae.add_supported_context(context.abstract_syntax, syntaxes)
         ae.maximum_associations = 16
         self.port = free_port(self.host)
         self._server = ae.start_server((self.host, self.port), block=False,
