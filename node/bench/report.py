@@ -147,7 +147,7 @@ def table(opts: Options, res: Results, ratios: dict[str, float | None],
         lines.append(_row(f"HTTP /score, no explanation, {clients} client(s)",
                           fmt_s(r.get(f"http_{key}_p50_s")), fmt_ips(r.get(f"http_{key}_ips")),
                           fmt_s(r.get(f"http_{key}_p95_s"))))
-    for key, label in (("dimse_gradcam", "DIMSE in/out, Grad-CAM (SR+SC+PM)"),
+    for key, label in (("dimse_gradcam", "DIMSE in/out, Grad-CAM (SR+SC)"),
                        ("dimse_none", "DIMSE in/out, explain none (SR)")):
         lines.append(_row(label, fmt_s(r.get(f"{key}_wall_s")), fmt_ips(r.get(f"{key}_ips")),
                           fmt_s(r.get(f"{key}_send_s"))))
@@ -162,7 +162,7 @@ def table(opts: Options, res: Results, ratios: dict[str, float | None],
         (f"model: PyTorch batch {b} + Grad-CAM of each", "model_gradcam_cpu_s", None),
         (f"node: HTTP /score, {opts.clients} client(s)", "http_concurrent_node_cpu_s",
          "onnx_batch_cpu_s"),
-        ("node: DIMSE, Grad-CAM (SR+SC+PM)", "dimse_gradcam_node_cpu_s", "model_gradcam_cpu_s"),
+        ("node: DIMSE, Grad-CAM (SR+SC)", "dimse_gradcam_node_cpu_s", "model_gradcam_cpu_s"),
         ("node: DIMSE, explain none (SR)", "dimse_none_node_cpu_s", "onnx_batch_cpu_s"),
     ):
         share = _div(r.get(model_key), r.get(key)) if model_key else None

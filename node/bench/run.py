@@ -7,7 +7,7 @@ Phases (each may be skipped with ``--skip``, except the model-only forward passe
   plus Grad-CAM of every image in the batch; building the SR/SC/PM results;
 * the node as a subprocess (``cxr-node serve`` on free ports of 127.0.0.1, a temporary spool):
   time from launch to ready, HTTP ``/score`` with 1 and ``--clients`` concurrent clients, DIMSE
-  C-STORE in and results out to a receiving SCP in this process (Grad-CAM: SR + SC + PM), then
+  C-STORE in and results out to a receiving SCP in this process (Grad-CAM: SR + capture), then
   a second node with ``--explain none`` (SR only) on the same spool (a warm restart); peak RSS.
 
 Prints a table, then, last, one JSON line with the ratios, raw figures and targets. Targets are
