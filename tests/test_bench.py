@@ -60,7 +60,9 @@ def test_bench_reports_every_figure(whole_model_path: Path, small_cr: Path,
     assert 0 <= report["machine"]["steal"] <= 1  # the host's share of this run's CPU time
     dimse = report["dimse"]
     assert dimse["dimse_gradcam"]["with_results"] == dimse["dimse_gradcam"]["sent"] == 4
-    assert "Comprehensive 3D SR Storage" in dimse["dimse_none"]["received"]
+    assert "Comprehensive SR Storage" in dimse["dimse_none"]["received"]
+    captures = dimse["dimse_gradcam"]["received"]["Secondary Capture Image Storage"]
+    assert captures["count"] == 4 and captures["mean_mb"] < 2  # JPEG, under its own UIDs
     table = "\n".join(lines[:-1])
     for heading in ("Model only", "PyTorch eager, batch 8", "ONNX Runtime, batch 1",
                     "HTTP /score", "DIMSE in/out, Grad-CAM", "CPU per image",
