@@ -75,7 +75,7 @@ def disc_model() -> LoadedModel:
     torch.manual_seed(0)
     net = xrv.models.DenseNet(num_classes=2, in_channels=1, weights=None, block_config=(2, 2),
                               growth_rate=8, num_init_features=16)
-    train_disc_detector(net, steps=500, crop=64, batch_size=16, seed=0,
+    train_disc_detector(net, steps=700, crop=64, batch_size=16, seed=0,
                         backgrounds=backgrounds * 2)  # real ones: 40% of the draws
     card = ModelCard(name="disc detector", version="test", labels=DISC_LABELS,
                      thresholds=(0.5, 0.5))
