@@ -184,7 +184,8 @@ def test_the_held_out_set_covers_the_geometries(cases):
 
 @pytest.mark.parametrize("method", ["gradcam", "gradcampp", "shap"])
 def test_pointing_game_in_source_coordinates(disc_model, cases, method):
-    results = _pointing(disc_model, cases, method)
+    # SHAP (~0.15 s an image) on every other case: each kind of geometry is still there
+    results = _pointing(disc_model, cases[::2] if method == "shap" else cases, method)
     by_kind = {k: f"{sum(v)}/{len(v)}" for k, v in results.items()}
     record_figure(f"pointing game, {method}: {_rate(results):.0%} hits {by_kind}")
     assert _rate(results) >= 0.9, f"{method} hits {by_kind}"
