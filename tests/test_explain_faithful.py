@@ -305,7 +305,7 @@ def test_a_randomised_model_gives_other_maps(disc_model, cases, seed: int):
 
     Where the randomised model's maps peak is recorded, not asserted: a network with random
     top layers still responds to a bright disc (a salient structure), and its Grad-CAM found
-    the disc in 0 to 10 of these 10 images depending on the seed. Pointing at the disc is
+    the disc in none to all of these images depending on the seed. Pointing at the disc is
     evidence of faithfulness only together with the dissimilarity checked here.
     """
     import copy
@@ -314,7 +314,7 @@ def test_a_randomised_model_gives_other_maps(disc_model, cases, seed: int):
     randomise_top_layers(net, 4, seed=seed)
     randomised = LoadedModel(card=disc_model.card, sha256="1" * 64, backend="torch",
                              source="randomised", module=net)
-    sample = [c for c in cases if c.kind == "phantom"][:10]
+    sample = [c for c in cases if c.kind == "phantom"][:6]
     rescored = [Case(c.kind, s, c.disc) for c, s in zip(
         sample, Predictor(randomised)([c.scored.image for c in sample]), strict=True)]
     for method in ("gradcam", "shap"):
@@ -328,4 +328,5 @@ def test_a_randomised_model_gives_other_maps(disc_model, cases, seed: int):
             scores.append(similarity(g.to_model(mine.values), g.to_model(theirs.values)))
         assert max(scores) < 0.5, f"{method}: similarities {np.round(scores, 2)}"
         record_figure(f"randomised top layers (seed {seed}), {method}: similarity to the "
-                      f"trained maps at most {max(scores):.2f}; peak on the disc {hits}/10")
+                      f"trained maps at most {max(scores):.2f}; peak on the disc "
+                      f"{hits}/{len(sample)}")

@@ -135,7 +135,7 @@ probability = st.one_of(st.sampled_from([0.0, 1.0, 0.5, 1e-7, 0.9999995, 1 / 3])
                         st.floats(0.0, 1.0, allow_nan=False))
 
 
-@settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.too_slow,
+@settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.too_slow,
                                                                  HealthCheck.function_scoped_fixture])
 @given(ps=st.lists(probability, min_size=26, max_size=26),
        ts=st.lists(probability, min_size=26, max_size=26),
