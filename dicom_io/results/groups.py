@@ -1,10 +1,12 @@
-"""The SR's measurement groups: one per label, image-level (TID 1501) or a region (TID 1410).
+"""The SR's findings: a region group (TID 1410) per outlined finding, an item per other one.
 
-A finding the node explained and outlined gets a planar ROI group instead of its image-level
-group, under the same Tracking UID: a viewer (OHIF 3 turns only groups that carry an image
-region into annotations) then draws the outline and labels it from the group's NUM items
-(concept name meaning, value, unit code). So the region group's measurements are named for
-the finding, in percent: "Nodule probability: 91.00 %", "Nodule threshold: 50.00 %".
+An outlined finding is a planar ROI group under Imaging Measurements: a viewer (OHIF 3 turns
+groups that carry an image region into annotations) draws the outline and labels it from the
+group's NUM items (concept name meaning, value, unit code), so its measurements are named for
+the finding, in percent: "Nodule probability: 91.00 %", "Nodule threshold: 50.00 %". Every
+other finding is a Present/Absent item in Qualitative Evaluations (:func:`finding_item` says
+why not an image-level group). :func:`image_group` (TID 1501) serves only as the stand-in
+highdicom's report needs when nothing is outlined (the container is then removed).
 """
 
 from __future__ import annotations

@@ -35,9 +35,6 @@ UNDEFINED = 0xFFFFFFFF
 #: Slot tags: (group, element) of the elements a stencil fills per image.
 TAG_NUMERIC_VALUE = (0x0040, 0xA30A)  # DS
 TAG_FLOATING_POINT_VALUE = (0x0040, 0xA161)  # FD
-TAG_REFERENCED_SOP_CLASS_UID = (0x0008, 0x1150)  # UI
-TAG_REFERENCED_SOP_INSTANCE_UID = (0x0008, 0x1155)  # UI
-TAG_UID = (0x0040, 0xA124)  # UI (Tracking Unique Identifier is a UIDREF content item)
 
 
 class StencilError(ValueError):
