@@ -193,7 +193,7 @@ def test_raw_body_gives_the_score_document(server, expected, model, cr_path: Pat
     assert [f["probability"] for f in doc["findings"]] == \
         [f["probability"] for f in want["findings"]]
     assert doc["result_uids"] == want["result_uids"] and set(doc["result_uids"]) == \
-        {"sr", "sc", "pm"}
+        {"sr", "sc"}  # the node's default result set (no parametric map)
     assert doc["model"]["name"] == CARD["name"] and doc["model"]["sha256"] == model.sha256
     assert "explanation" not in doc
 

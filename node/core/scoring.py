@@ -26,11 +26,14 @@ def read_upload(data: bytes, name: str = "request") -> SourceImage:
     return from_dataset(read_dataset(data), name=name)
 
 
-def result_uids(model: LoadedModel, sop_instance_uid: str | None) -> dict[str, str] | None:
-    """The UIDs the node gives (or would give) this image's SR, SC and parametric map."""
+def result_uids(model: LoadedModel, sop_instance_uid: str | None,
+                parametric_map: bool = False) -> dict[str, str] | None:
+    """The UIDs the node gives (or would give) this image's SR and capture, and its parametric
+    map where the node makes one: a caller may look each of them up in its archive."""
     if not sop_instance_uid:
         return None
-    return {kind: instance_uid(kind, sop_instance_uid, model.sha256) for kind in ("sr", "sc", "pm")}
+    kinds = ("sr", "sc", "pm") if parametric_map else ("sr", "sc")
+    return {kind: instance_uid(kind, sop_instance_uid, model.sha256) for kind in kinds}
 
 
 def overlay_png(outcome: Outcome, max_side: int = 1024) -> bytes | None:
@@ -53,12 +56,13 @@ def region_document(region: Region) -> dict[str, Any]:
             "points": [[round(float(c), 2), round(float(r), 2)] for c, r in region.points]}
 
 
-def score_document(model: LoadedModel, outcome: Outcome, with_overlay: bool = False) -> dict:
-    """The JSON answer for one scored image."""
+def score_document(model: LoadedModel, outcome: Outcome, with_overlay: bool = False,
+                   parametric_map: bool = False) -> dict:
+    """The JSON answer for one scored image (``parametric_map``: the node makes one)."""
     scored = outcome.scored
     doc: dict[str, Any] = scored.result(model)
     doc["probability"] = [round(f.probability * 100, 2) for f in scored.prediction.top(3)]
-    doc["result_uids"] = result_uids(model, scored.image.sop_uid)
+    doc["result_uids"] = result_uids(model, scored.image.sop_uid, parametric_map)
     if outcome.heatmap is not None:
         doc["explanation"] = outcome.heatmap.summary()
         doc["regions"] = [region_document(r) for r in outcome.regions]

@@ -80,7 +80,8 @@ async def score(
     if dicom:
         body, content_type = await run_in_threadpool(_related, result)
         return Response(body, media_type=content_type)
-    document = await run_in_threadpool(score_document, node.model, result, explain != "none")
+    document = await run_in_threadpool(score_document, node.model, result, explain != "none",
+                                       node.settings.parametric_map)
     return JSONResponse(document)
 
 
