@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -58,21 +57,6 @@ class SourceImage:
     def key(self) -> str:
         """Identifier of the image in results: its SOP Instance UID, or the PNG's file stem."""
         return self.sop_uid or Path(self.name).stem
-
-    @property
-    def pixel_spacing(self) -> tuple[float, float] | None:
-        """Row and column spacing in mm (Pixel Spacing, else Imager Pixel Spacing), if valid."""
-        if self.header is None:
-            return None
-        for keyword in ("PixelSpacing", "ImagerPixelSpacing"):
-            value = self.header.get(keyword)
-            try:
-                spacing = (float(value[0]), float(value[1]))
-            except (TypeError, ValueError, IndexError):
-                continue
-            if all(math.isfinite(v) and v > 0 for v in spacing):
-                return spacing
-        return None
 
     def source_uids(self) -> dict[str, str | None]:
         return {

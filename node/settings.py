@@ -137,11 +137,9 @@ class Settings(BaseSettings):
     @field_validator("capture_syntax")
     @classmethod
     def _capture_syntax(cls, v: str) -> str:
-        from dicom_io.results.sc import SC_TRANSFER_SYNTAXES
+        from dicom_io.results.sc import check_transfer_syntax
 
-        if v not in SC_TRANSFER_SYNTAXES:
-            raise ValueError(f"capture_syntax {v!r}: use one of {', '.join(SC_TRANSFER_SYNTAXES)}")
-        return v
+        return check_transfer_syntax(v)
 
     @field_validator("explain")
     @classmethod

@@ -40,6 +40,7 @@ from dicom_io.results import (
 )
 from dicom_io.results import codes as rcodes
 from dicom_io.results._common import node_version
+from dicom_io.results.source import source_context
 from dicom_io.uids import NODE_MANUFACTURER
 from domain import FILE_NAMES, Finding, HeatMap, Prediction, Region, ResultSet, SourceImage
 from explain.regions import region_of
@@ -372,11 +373,12 @@ def test_capture_and_map_lie_on_the_source_grid_with_the_hot_spot(
     pm_spacing = pm.SharedFunctionalGroupsSequence[0].PixelMeasuresSequence[0].get(
         "PixelSpacing"
     )
-    if image.pixel_spacing is None:
+    spacing = source_context(image).pixel_spacing  # checked: tests/test_results_sources.py
+    if spacing is None:
         assert "PixelSpacing" not in sc and pm_spacing is None
     else:
-        assert [float(v) for v in sc.PixelSpacing] == pytest.approx(image.pixel_spacing)
-        assert [float(v) for v in pm_spacing] == pytest.approx(image.pixel_spacing)
+        assert [float(v) for v in sc.PixelSpacing] == pytest.approx(spacing)
+        assert [float(v) for v in pm_spacing] == pytest.approx(spacing)
 
     values = pm.pixel_array
     assert values.dtype == np.float32

@@ -25,7 +25,7 @@ from dicom_io.results._common import (
     normalise_timestamp,
 )
 from dicom_io.results.pm import build_pm
-from dicom_io.results.sc import JPEG_BASELINE, SC_TRANSFER_SYNTAXES, build_sc
+from dicom_io.results.sc import JPEG_BASELINE, build_sc, check_transfer_syntax
 from dicom_io.results.source import SourceContext, source_context
 from dicom_io.results.sr import FindingsReportTemplate, finding_values
 from domain import HeatMap, Prediction, Region, ResultSet, SourceImage
@@ -78,11 +78,8 @@ class ResultBuilder:
         read through its ``card`` and ``sha256``). ``parametric_map``: also build the float
         parametric map; ``capture_syntax``: the capture's transfer syntax (one of
         :data:`~dicom_io.results.sc.SC_TRANSFER_SYNTAXES`)."""
-        if capture_syntax not in SC_TRANSFER_SYNTAXES:
-            raise ValueError(f"capture transfer syntax {capture_syntax!r}: use one of "
-                             f"{', '.join(SC_TRANSFER_SYNTAXES)}")
         self.parametric_map = bool(parametric_map)
-        self.capture_syntax = capture_syntax
+        self.capture_syntax = check_transfer_syntax(capture_syntax)
         self.model = ModelIdentity.of(model)
         self.template = FindingsReportTemplate(self.model, self.model.labels)
         numbers = dict(SERIES_NUMBERS)
