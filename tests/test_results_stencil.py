@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import datetime
 import io
+import struct
 
 import numpy as np
 import pydicom
@@ -23,7 +24,7 @@ from pydicom.uid import generate_uid
 from dicom_io.image import from_dataset
 from dicom_io.results import ResultBuilder
 from dicom_io.results._common import source_context
-from dicom_io.results.stencil import Stencil, StencilError, encode_item, ui_element
+from dicom_io.results.stencil import Stencil, StencilError, encode_item
 from domain import Finding, HeatMap, Prediction
 from explain.regions import region_of
 from inference.card import PADCHEST_LABELS
@@ -187,6 +188,14 @@ def test_part10_of_the_result_set_reads_back_as_the_dataset(builder, cr_path) ->
     assert results.part10("sr") is results.part10("sr")  # encoded once
     with pytest.raises(KeyError, match="'sc'"):
         results.part10("sc")
+
+
+def ui_element(tag: tuple[int, int], uid: str) -> bytes:
+    """An Explicit VR LE UI element (value padded with NUL to even length)."""
+    value = uid.encode("ascii")
+    if len(value) % 2:
+        value += b"\0"
+    return struct.pack("<HH", *tag) + b"UI" + struct.pack("<H", len(value)) + value
 
 
 def test_stencil_refuses_a_template_without_its_slot() -> None:

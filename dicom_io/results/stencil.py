@@ -45,14 +45,6 @@ def _tag_bytes(tag: tuple[int, int]) -> bytes:
     return struct.pack("<HH", *tag)
 
 
-def ui_element(tag: tuple[int, int], uid: str) -> bytes:
-    """An Explicit VR LE UI element (value padded with NUL to even length)."""
-    value = uid.encode("ascii")
-    if len(value) % 2:
-        value += b"\0"
-    return _tag_bytes(tag) + b"UI" + struct.pack("<H", len(value)) + value
-
-
 def ds_text(value: float) -> str:
     """A decimal string as highdicom writes a float (``DS(value, auto_format=True)``)."""
     ds = DS(value, auto_format=True)
@@ -251,4 +243,4 @@ def _value_slots(probability: float, threshold: float) -> dict[str, bytes]:
     }
 
 
-__all__ = ["FindingStencils", "Stencil", "StencilError", "encode_item", "ui_element"]
+__all__ = ["FindingStencils", "Stencil", "StencilError", "encode_item"]
