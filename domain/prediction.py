@@ -44,8 +44,12 @@ class Prediction:
                 return f.probability
         raise KeyError(label)
 
+    def labels_to_explain(self, most: int = 1) -> list[str]:
+        """The positive findings to explain, most probable first, at most ``most``; when none
+        is positive (or ``most`` is 0), the most probable finding alone."""
+        positives = sorted(self.positives, key=lambda f: -f.probability)[:max(most, 0)]
+        return [f.label for f in positives] or [self.top(1)[0].label]
+
     def default_label(self) -> str:
         """The label to explain by default: the most probable positive, else the top one."""
-        positives = self.positives
-        pool = positives or list(self.findings)
-        return max(pool, key=lambda f: f.probability).label
+        return self.labels_to_explain(1)[0]

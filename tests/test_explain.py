@@ -264,3 +264,15 @@ def test_several_labels_share_one_forward_pass(loaded_model, cr_scored):
         alone = explain(loaded_model, cr_scored, heatmap.label, "gradcam")
         np.testing.assert_allclose(heatmap.values, alone.values, atol=1e-6)
     assert not np.allclose(together[0].values, together[1].values)
+
+
+def test_the_positive_findings_are_explained_most_probable_first() -> None:
+    from domain import Finding, Prediction
+
+    p = Prediction((Finding("A", 0.6, 0.5), Finding("B", 0.9, 0.5), Finding("C", 0.4, 0.5),
+                    Finding("D", 0.7, 0.5)))
+    assert p.labels_to_explain(3) == ["B", "D", "A"]
+    assert p.labels_to_explain(2) == ["B", "D"] and p.default_label() == "B"
+    none = Prediction((Finding("A", 0.3, 0.5), Finding("B", 0.45, 0.5)))
+    assert none.labels_to_explain(3) == ["B"] == [none.default_label()]  # the top one's map
+    assert p.labels_to_explain(0) == ["B"]

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 
 from pydicom.dataset import Dataset
 
-from domain import HeatMap, Prediction, Region, ResultSet, SourceImage
+from domain import HeatMap, Region, ResultSet, SourceImage
 from inference import LoadedModel, Predictor, Scored
 
 #: Positive findings explained and outlined per image, most probable first (a setting).
@@ -41,14 +41,6 @@ class Outcome:
     def objects(self) -> dict[str, Dataset]:
         """The DICOM result objects by type ("sr", "sc", "pm")."""
         return dict(self.results.items()) if self.results is not None else {}
-
-
-def labels_to_explain(prediction: Prediction, most: int = EXPLAINED_FINDINGS) -> list[str]:
-    """The positive findings to explain and outline, most probable first, at most ``most``;
-    when none is positive (or ``most`` is 0), the most probable finding alone: the capture
-    shows its map, and nothing is outlined."""
-    positives = sorted(prediction.positives, key=lambda f: -f.probability)[:max(most, 0)]
-    return [f.label for f in positives] or [prediction.top(1)[0].label]
 
 
 class Pipeline:
@@ -91,7 +83,8 @@ class Pipeline:
             from explain import ExplainError, explain_labels
             from explain.regions import region_of
 
-            labels = labels_to_explain(scored.prediction, self.explained_findings)
+            # the positive findings, most probable first; none positive: the top one's map
+            labels = scored.prediction.labels_to_explain(self.explained_findings)
             try:
                 with self.model.compute:
                     outcome.heatmaps = explain_labels(self.model, scored, labels, method,
