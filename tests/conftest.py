@@ -94,3 +94,4 @@ def pytest_terminal_summary(terminalreporter) -> None:
         terminalreporter.section("figures reached")
         for line in FIGURES:
             terminalreporter.write_line(line)
+from postgres_server import postgres  # noqa: E402,F401  (a throwaway PostgreSQL)

@@ -57,7 +57,18 @@ class JobRecords(Protocol):
         """Whether a delivery not yet sent still needs the object ``key``."""
         ...
 
-    def resend_failed(self, ids: Sequence[int] | None = None) -> int: ...
+    def resend_failed(self, ids: Sequence[int] | None = None) -> int:
+        """Failed deliveries (all, or those of ``ids``) to ``pending`` again; how many."""
+        ...
+
+    def deliveries_of(self, job_id: int) -> list[Delivery]:
+        """The job's deliveries, in any state, by id."""
+        ...
+
+    def failed_deliveries(self, ids: Sequence[int] | None = None) -> list[Delivery]:
+        """Failed deliveries (all, or those of ``ids``) by id: what :meth:`resend_failed`
+        with the same ``ids`` would send again."""
+        ...
 
     def counts(self) -> dict[str, int]: ...
 
@@ -186,6 +197,18 @@ class SqliteJobRecords:
             args += listed
         with self.db.transaction() as c:
             return c.execute(query, args).rowcount
+
+    def deliveries_of(self, job_id: int) -> list[Delivery]:
+        return [_delivery(r) for r in self._rows(
+            "SELECT * FROM deliveries WHERE job_id=? ORDER BY id", (job_id,))]
+
+    def failed_deliveries(self, ids: Sequence[int] | None = None) -> list[Delivery]:
+        query = "SELECT * FROM deliveries WHERE state='failed'"
+        args: list[int] = []
+        if ids:
+            marks, args = _in(ids)
+            query += f" AND id IN ({marks})"
+        return [_delivery(r) for r in self._rows(query + " ORDER BY id", args)]
 
     def counts(self) -> dict[str, int]:
         out = {f"jobs_{r[0]}": r[1] for r in
