@@ -1,19 +1,23 @@
 """A throwaway PostgreSQL server for the tests, and its session-wide ``postgres`` fixture.
 
-``initdb`` into a temporary folder and ``pg_ctl start`` on a free loopback port, as an
-ordinary process: no system service, no state outside the folder. PostgreSQL refuses to run
-as root (as the tests do here and in CI), so as root its programs run as the ``postgres``
-system user (made by the Debian package) in a folder that user owns. Login is by password
-(scram), so the URLs the tests hand out carry one, as a deployment's would.
+``initdb`` into a temporary folder and ``postgres`` on a free loopback port, a child of the
+test process (not ``pg_ctl``, whose server leaves the process group: a test run killed as a
+group would leave it running): no system service, no state outside the folder. PostgreSQL
+refuses to run as root (as the tests do here and in CI), so as root its programs run as the
+``postgres`` system user (made by the Debian package), with ``setpriv`` (which execs, so the
+child is the server itself), in a folder that user owns. Login is by password (scram), so
+the URLs the tests hand out carry one, as a deployment's would.
 """
 
 from __future__ import annotations
 
+import atexit
 import glob
 import logging
 import os
 import pwd
 import shutil
+import signal
 import subprocess
 import tempfile
 import time
@@ -24,7 +28,7 @@ import psycopg
 import pytest
 from psycopg import sql
 
-from node.bench.harness import free_port, wait_until
+from node.bench.harness import free_port, stop_process, wait_until
 
 logger = logging.getLogger(__name__)
 
@@ -34,7 +38,8 @@ SYSTEM_USER = "postgres"
 
 
 def postgres_bindir() -> Path | None:
-    """The folder of ``initdb``/``pg_ctl``: on ``PATH``, else Debian's (not on PATH there)."""
+    """The folder of ``initdb`` and ``postgres``: on ``PATH``, else Debian's (not on PATH
+    there)."""
     found = shutil.which("initdb")
     if found:
         return Path(found).resolve().parent
@@ -55,7 +60,9 @@ class PostgresServer:
         self.data, self.sockets, self.log = (self.root / "data", self.root / "sock",
                                              self.root / "server.log")
         self.port = free_port()
+        self.process: subprocess.Popen | None = None
         self._as_postgres = os.geteuid() == 0
+        atexit.register(self.remove)  # a session ended without its teardown
         if self._as_postgres:  # root's mkdtemp is 0700: hand the folder to PostgreSQL's user
             entry = pwd.getpwnam(SYSTEM_USER)
             os.chown(self.root, entry.pw_uid, entry.pw_gid)
@@ -65,12 +72,18 @@ class PostgresServer:
             self.remove()
             raise
 
-    def _run(self, *args: str, timeout: float = READY_TIMEOUT_S) -> str:
-        """Run a PostgreSQL program (as ``postgres`` when we are root); its output."""
+    def _command(self, *args: str) -> list[str]:
+        """A PostgreSQL program's command line (as ``postgres`` when we are root)."""
         command = [str(self.bindir / args[0]), *args[1:]]
         if self._as_postgres:
-            command = ["runuser", "-u", SYSTEM_USER, "--", *command]
-        done = subprocess.run(command, capture_output=True, text=True, timeout=timeout,
+            command = ["setpriv", f"--reuid={SYSTEM_USER}", f"--regid={SYSTEM_USER}",
+                       "--init-groups", "--", *command]
+        return command
+
+    def _run(self, *args: str, timeout: float = READY_TIMEOUT_S) -> str:
+        """Run a PostgreSQL program to its end; its output."""
+        done = subprocess.run(self._command(*args), capture_output=True, text=True,
+                              timeout=timeout,
                               check=False)
         if done.returncode != 0:
             raise RuntimeError(f"{args[0]} failed ({done.returncode}): "
@@ -93,7 +106,8 @@ class PostgresServer:
             os.chown(self.sockets, entry.pw_uid, entry.pw_gid)
         try:
             self._run("initdb", "-D", str(self.data), "-U", self.user, f"--pwfile={pwfile}",
-                      "--auth=scram-sha-256", "-E", "UTF8", "--locale=C.UTF-8")
+                      "--auth=scram-sha-256", "-E", "UTF8", "--locale=C.UTF-8",
+                      "--no-sync")  # initdb's own flush only: the server keeps fsync=on
         finally:
             pwfile.unlink()
         with (self.data / "postgresql.conf").open("a") as conf:
@@ -133,27 +147,36 @@ class PostgresServer:
             return False
 
     def running(self) -> bool:
-        return (self.data / "postmaster.pid").exists()
+        return self.process is not None and self.process.poll() is None
 
     def start(self) -> float:
         """Start the server and wait until it takes connections; the seconds it took."""
+        if self.running():
+            return 0.0
         t0 = time.monotonic()
-        self._run("pg_ctl", "-D", str(self.data), "-l", str(self.log), "-w",
-                  "-t", str(READY_TIMEOUT_S), "start")
-        wait_until(self.ready, READY_TIMEOUT_S, 0.05, f"PostgreSQL on port {self.port}")
+        with self.log.open("a") as log:
+            self.process = subprocess.Popen(self._command("postgres", "-D", str(self.data)),
+                                            stdin=subprocess.DEVNULL, stdout=log,
+                                            stderr=subprocess.STDOUT)
+        try:
+            wait_until(self.ready, READY_TIMEOUT_S, 0.05, f"PostgreSQL on port {self.port}",
+                       self.process)
+        except (TimeoutError, RuntimeError) as e:
+            raise RuntimeError(f"{e}\n{self.server_log()}") from e
         took = time.monotonic() - t0
         logger.info("PostgreSQL on port %d ready in %.2f s", self.port, took)
         return took
 
-    def stop(self, mode: str = "fast") -> None:
-        """Stop the server (``fast``: clients are disconnected, the data kept)."""
-        if self.running():
-            self._run("pg_ctl", "-D", str(self.data), "-m", mode, "-w",
-                      "-t", str(READY_TIMEOUT_S), "stop")
+    def stop(self, sig: int = signal.SIGINT) -> None:
+        """Stop the server (``SIGINT``: fast shutdown, clients cut off, the data kept)."""
+        if self.process is not None:
+            stop_process(self.process, sig, READY_TIMEOUT_S)
+            self.process = None
 
     def kill(self) -> None:
-        """Stop as a crash would (``immediate``: no checkpoint; the next start recovers)."""
-        self.stop("immediate")
+        """Stop as a crash would (``SIGQUIT``: immediate, no checkpoint; the next start
+        recovers)."""
+        self.stop(signal.SIGQUIT)
 
     def server_log(self) -> str:
         try:
@@ -164,7 +187,7 @@ class PostgresServer:
     def remove(self) -> None:
         """Stop and delete the folder."""
         try:
-            self.stop("immediate")
+            self.stop(signal.SIGQUIT)
         finally:
             shutil.rmtree(self.root, ignore_errors=True)
 
