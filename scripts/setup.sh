@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Set up everything cxr-node needs on a fresh Debian machine: the DICOM tools the tests drive
-# (dcmtk, dicom3tools, Orthanc with DICOMweb), the virtual environment at .venv, and for the
+# (dcmtk, dicom3tools, Orthanc with DICOMweb), RabbitMQ and PostgreSQL (the scale-out tests
+# start their own brokers and databases as processes), the virtual environment at .venv, and for the
 # viewer test (tests/system/test_viewer.py) Chromium and OHIF Viewer's prebuilt dist/ (npm's
 # @ohif/app, the version pinned in tests/system/ohif.py) in .cache/ohif/. Chromium and OHIF
 # are optional: where they cannot be had, setup says so and that test skips.
@@ -18,6 +19,9 @@ command -v Orthanc >/dev/null 2>&1 || need_apt+=(orthanc)
 if ! ls /usr/share/orthanc/plugins/libOrthancDicomWeb.so >/dev/null 2>&1; then
   need_apt+=(orthanc-dicomweb)
 fi
+# the real scripts, not Debian's /usr/sbin wrappers: tests/rabbit_cluster.py runs them as is
+[ -x /usr/lib/rabbitmq/bin/rabbitmq-server ] || need_apt+=(rabbitmq-server)
+ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || need_apt+=(postgresql)
 # optional: headless Chromium (and a font) and npm (to fetch OHIF) for the viewer test
 want_apt=()
 command -v chromium >/dev/null 2>&1 || want_apt+=(chromium fonts-dejavu-core)
@@ -31,8 +35,10 @@ fi
 if [ ${#need_apt[@]} -gt 0 ]; then
   echo "setup: installing ${need_apt[*]} from Debian" >&2
   $SUDO apt-get install -y -qq --no-install-recommends "${need_apt[@]}" >/dev/null
-  # Debian starts an Orthanc service on install; the tests start their own.
-  $SUDO service orthanc stop >/dev/null 2>&1 || true
+  # Debian starts Orthanc, RabbitMQ and PostgreSQL services on install; the tests start their own.
+  for service in orthanc rabbitmq-server postgresql; do
+    $SUDO service "$service" stop >/dev/null 2>&1 || true
+  done
 fi
 if [ ${#want_apt[@]} -gt 0 ]; then
   echo "setup: installing ${want_apt[*]} from Debian (for the viewer test)" >&2

@@ -95,3 +95,4 @@ def pytest_terminal_summary(terminalreporter) -> None:
         for line in FIGURES:
             terminalreporter.write_line(line)
 from postgres_server import postgres  # noqa: E402,F401  (a throwaway PostgreSQL)
+from rabbit_cluster import rabbit  # noqa: E402,F401  (a real 3-node RabbitMQ cluster)
