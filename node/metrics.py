@@ -18,3 +18,15 @@ JOBS = Counter("cxr_jobs_total", "jobs closed", ["origin", "state"], registry=RE
 DELIVERIES = Counter("cxr_deliveries_total", "delivery attempts", ["outcome"], registry=REGISTRY)
 RECEIVED = Counter("cxr_received_total", "objects received", ["origin", "status"],
                    registry=REGISTRY)
+# scale-out over a broker (serve --broker), per role process
+BROKER_PUBLISHED = Counter("cxr_broker_published_total", "messages published", ["queue"],
+                           registry=REGISTRY)
+BROKER_CONFIRMED = Counter("cxr_broker_confirmed_total", "publishes the broker confirmed",
+                           ["queue"], registry=REGISTRY)
+BROKER_REDELIVERED = Counter("cxr_broker_redelivered_total", "messages received again",
+                             ["queue"], registry=REGISTRY)
+BROKER_DEAD_LETTERED = Counter("cxr_broker_dead_lettered_total",
+                               "messages sent to the dead-letter queue", ["queue", "reason"],
+                               registry=REGISTRY)
+BROKER_RETRIED = Counter("cxr_broker_retried_total", "deliveries put in a retry queue",
+                         registry=REGISTRY)

@@ -32,16 +32,7 @@ class Node:
         self.stop_event = threading.Event()
         self.http_server = None
         self.http_thread: threading.Thread | None = None
-        # The embedded default of the three interfaces: a spool folder and one SQLite file.
-        self.store = SpoolStore(settings.spool,
-                                int(settings.spool_quota_mb * 2**20) if settings.spool_quota_mb
-                                else None, int(settings.min_free_mb * 2**20))
-        db = Database(settings.spool / "queue.sqlite3")
-        self.records = SqliteJobRecords(db)
-        # DIMSE is never refused for depth (a modality cannot wait); HTTP is (503).
-        self.intake = Intake(self.store, SqliteJobQueue(db), self.records,
-                             handoff=Handoff(int(settings.handoff_mb * 2**20)),
-                             purge=settings.purge_delivered)
+        self.store, self.records, self.intake = self.make_jobs()
         self.workers: list[Worker] = []
         self.sender = Sender(settings, self.records, self.store, self.stop_event)
         self.scp = None
@@ -50,6 +41,21 @@ class Node:
         self.started_at = time.monotonic()
         #: ONNX Runtime fast path: "on", "off" or "pending" (exporting in the background).
         self.fast_path = "off"
+
+    def make_jobs(self) -> tuple[SpoolStore, SqliteJobRecords, Intake]:
+        """The embedded default of the three interfaces: a spool folder and one SQLite file
+        holding the queue and the records."""
+        settings = self.settings
+        store = SpoolStore(settings.spool,
+                           int(settings.spool_quota_mb * 2**20) if settings.spool_quota_mb
+                           else None, int(settings.min_free_mb * 2**20))
+        db = Database(settings.spool / "queue.sqlite3")
+        records = SqliteJobRecords(db)
+        # DIMSE is never refused for depth (a modality cannot wait); HTTP is (503).
+        intake = Intake(store, SqliteJobQueue(db), records,
+                        handoff=Handoff(int(settings.handoff_mb * 2**20)),
+                        purge=settings.purge_delivered)
+        return store, records, intake
 
     @property
     def dicom_port(self) -> int:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import (
@@ -110,6 +110,27 @@ class Settings(BaseSettings):
     retry_max_attempts: int = Field(8, ge=1)
     retry_initial_s: float = Field(2.0, gt=0)
     retry_max_s: float = Field(300.0, gt=0)
+    # scale-out (docs/scale-out.md): roles over a broker, a shared store, shared job records
+    role: Literal["all", "receive", "work", "send"] = Field(
+        "all", description="what this process does: receive (C-STORE, STOW-RS, /score), work "
+        "(model and explanations), send (deliveries), or all; other than all needs a broker")
+    broker: str | None = Field(None, description="amqp:// or amqps:// URL of the RabbitMQ "
+                               "broker, or of each node of its cluster, comma-separated "
+                               "(credentials only from the environment or "
+                               "broker_credentials_file); none: the embedded queue")
+    broker_credentials_file: Path | None = Field(None, description="file with one line "
+                                                 "user:password for the broker")
+    broker_ca: Path | None = Field(None, description="PEM CA bundle that signed the broker's "
+                                   "TLS certificate (default: the system's)")
+    broker_timeout_s: float = Field(10, gt=0, description="wait this long for the broker to "
+                                    "confirm a message before refusing the work")
+    records: str | None = Field(None, description="postgresql:// URL of the job records "
+                                "shared by all roles (password from PGPASSWORD or ~/.pgpass); "
+                                "needed with a broker")
+    store: Path | None = Field(None, description="the shared object store, a folder every "
+                               "role mounts (NFS); default: the spool")
+    reconcile_grace_s: float = Field(60, ge=0, description="a receiver's reconciler at start "
+                                     "leaves alone what is younger (others are storing it)")
     # HTTP
     http_token: str | None = Field(None, description="bearer token every HTTP route but "
                                    "/healthz requires; none: no authentication")
@@ -172,6 +193,21 @@ class Settings(BaseSettings):
     @classmethod
     def _allowed(cls, v: list[str]) -> list[str]:
         return [check_ae_title(ae.strip()) for ae in v]
+
+    @model_validator(mode="after")
+    def _scale_out(self) -> Settings:
+        if self.role != "all" and self.broker is None:
+            raise ValueError(f"role {self.role!r} needs a broker (--broker amqp://...)")
+        if self.broker is not None:
+            if not all(re.match(r"^\s*amqps?://[^/\s]+", u) for u in self.broker.split(",")):
+                raise ValueError("broker is not a comma-separated list of amqp:// or amqps:// "
+                                 "URLs")
+            if self.records is None:
+                raise ValueError("a broker needs shared job records (--records "
+                                 "postgresql://...)")
+        if self.records is not None and not re.match(r"^postgres(ql)?://", self.records):
+            raise ValueError("records is not a postgresql:// URL")
+        return self
 
     @model_validator(mode="after")
     def _tls(self) -> Settings:

@@ -78,15 +78,38 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-associations", type=int)
     p.add_argument("--retry-max-attempts", type=int)
     p.add_argument("--retry-initial-s", type=float)
+    scale = p.add_argument_group("scale-out (docs/scale-out.md)")
+    scale.add_argument("--role", choices=("all", "receive", "work", "send"),
+                       help="what this process does (default all; other than all needs "
+                            "--broker)")
+    scale.add_argument("--broker", metavar="AMQP_URL",
+                       help="RabbitMQ broker, amqp[s]://HOST:PORT/VHOST (no credentials here:"
+                            " CXR_NODE_BROKER or --broker-credentials-file)")
+    scale.add_argument("--broker-credentials-file", type=Path, metavar="FILE",
+                       help="one line user:password")
+    scale.add_argument("--broker-ca", type=Path, help="CA bundle of the broker's certificate")
+    scale.add_argument("--records", metavar="POSTGRESQL_URL",
+                       help="shared job records (password from PGPASSWORD or ~/.pgpass)")
+    scale.add_argument("--store", type=Path, help="shared object store folder (NFS)")
+    scale.add_argument("--broker-timeout-s", type=float,
+                       help="wait this long for a publish confirm before refusing (10)")
+    scale.add_argument("--reconcile-grace-s", type=float,
+                       help="the reconciler leaves younger objects alone (60)")
     p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("jobs", help="queue counts and failed items with their reasons")
     p.add_argument("--spool", type=Path, default=Path("spool"))
+    p.add_argument("--records", metavar="POSTGRESQL_URL", help="a scaled node's job records")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(func=cmd_jobs)
 
     p = sub.add_parser("resend", help="re-queue failed deliveries (all, or --id N ...)")
     p.add_argument("--spool", type=Path, default=Path("spool"))
+    p.add_argument("--config", type=Path, help="a scaled node's TOML config (broker, records)")
+    p.add_argument("--records", metavar="POSTGRESQL_URL", help="a scaled node's job records")
+    p.add_argument("--broker", metavar="AMQP_URL", help="a scaled node's broker")
+    p.add_argument("--broker-credentials-file", type=Path, metavar="FILE")
+    p.add_argument("--broker-ca", type=Path)
     p.add_argument("--id", type=int, action="append", dest="ids", help="delivery id")
     p.set_defaults(func=cmd_resend)
 
@@ -190,12 +213,32 @@ def cmd_serve(args: argparse.Namespace) -> int:
         problems = "; ".join(f"{'.'.join(map(str, err['loc']))}: {err['msg']}"
                              for err in e.errors())
         raise ValueError(f"bad settings: {problems}") from e
-    Node(settings).serve_forever()
+    if settings.broker is None:
+        Node(settings).serve_forever()
+        return EXIT_OK
+    from node.core.errors import OutOfResourcesError
+
+    try:
+        from node.broker.roles import ScaledNode
+
+        node = ScaledNode(settings)
+    except OutOfResourcesError as e:  # the broker or the database is not there at start
+        raise ValueError(str(e)) from e
+    node.serve_forever()
     return EXIT_OK
 
 
-def _open_records(spool: Path):
+def _open_records(spool: Path, records: str | None = None):
     from node.jobs.records import SqliteJobRecords
+
+    if records is not None:
+        from node.core.errors import OutOfResourcesError
+        from node.jobs.postgres import PostgresJobRecords
+
+        try:
+            return PostgresJobRecords.connect(records)
+        except OutOfResourcesError as e:
+            raise ValueError(str(e)) from e
     from node.jobs.sqlite import Database
 
     db = spool / "queue.sqlite3"
@@ -207,7 +250,7 @@ def _open_records(spool: Path):
 def cmd_jobs(args: argparse.Namespace) -> int:
     import json
 
-    document = _open_records(args.spool).failed_document()
+    document = _open_records(args.spool, args.records).failed_document()
     if args.json:
         print(json.dumps(document, indent=2))
         return EXIT_OK
@@ -223,9 +266,45 @@ def cmd_jobs(args: argparse.Namespace) -> int:
 
 
 def cmd_resend(args: argparse.Namespace) -> int:
-    n = _open_records(args.spool).resend_failed(args.ids)
+    if args.broker or args.config:
+        n = _resend_scaled(args)
+    else:
+        n = _open_records(args.spool, args.records).resend_failed(args.ids)
     print(f"{n} failed deliver{'y' if n == 1 else 'ies'} re-queued")
     return EXIT_OK
+
+
+def _resend_scaled(args: argparse.Namespace) -> int:
+    """Resend over the broker: failed deliveries are published again (confirmed)."""
+    from node.broker import topology
+    from node.broker.client import Publisher, parameters
+    from node.broker.consumer import Consumer
+    from node.broker.sender import resend
+    from node.core.errors import OutOfResourcesError
+    from node.settings import Settings
+
+    s = Settings.load(args.config, broker=args.broker, records=args.records,
+                      broker_credentials_file=args.broker_credentials_file,
+                      broker_ca=args.broker_ca)
+    if s.broker is None:
+        raise ValueError("resend over a broker needs --broker (or broker in --config)")
+    delays = topology.retry_delays(s.retry_initial_s, s.retry_max_s, s.retry_max_attempts)
+    params = parameters(s.broker, credentials_file=s.broker_credentials_file,
+                        ca_file=s.broker_ca, name="cxr-node resend")
+    publisher = Publisher(s.broker, params, delays, s.broker_timeout_s)
+    records = _open_records(args.spool, s.records)
+    try:
+        publisher.start_connected()
+        consumer = Consumer(s.broker, params, [], 0, delays)
+        try:
+            return resend(records, publisher, consumer, args.ids)
+        finally:
+            consumer.close()
+    except OutOfResourcesError as e:
+        raise ValueError(str(e)) from e
+    finally:
+        publisher.stop()
+        records.disconnect()
 
 
 def cmd_demo_model(args: argparse.Namespace) -> int:

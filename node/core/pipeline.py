@@ -6,6 +6,7 @@ templates and codes) is made once, not per image.
 
 from __future__ import annotations
 
+import datetime
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -74,9 +75,10 @@ class Pipeline:
         [scored] = self.score([image])
         return self.complete(scored, method, build_dicom)
 
-    def complete(self, scored: Scored, method: str | None = None,
-                 build_dicom: bool = True) -> Outcome:
-        """Explain (``method``, default the pipeline's), outline and build the results."""
+    def complete(self, scored: Scored, method: str | None = None, build_dicom: bool = True,
+                 timestamp: datetime.datetime | None = None) -> Outcome:
+        """Explain (``method``, default the pipeline's), outline and build the results, dated
+        ``timestamp`` (default now; the receive time makes a repeat identical)."""
         outcome = Outcome(scored)
         method = method or self.method
         if method != "none":
@@ -101,5 +103,6 @@ class Pipeline:
                         outcome.regions.append(region)
         if build_dicom and self.builder is not None and scored.image.header is not None:
             outcome.results = self.builder.build(scored.image, scored.prediction,
-                                                 outcome.heatmaps, regions=outcome.regions)
+                                                 outcome.heatmaps, regions=outcome.regions,
+                                                 timestamp=timestamp)
         return outcome

@@ -10,8 +10,10 @@ answer is its acknowledgement), a job record all the same, and a future for the 
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import threading
+import time
 from collections import deque
 from concurrent.futures import Future
 from dataclasses import dataclass, field
@@ -43,6 +45,8 @@ class Received:
     calling_ae: str | None = None
     options: dict[str, Any] = field(default_factory=dict)
     verdict: DicomIOError | None = None
+    #: when it arrived (epoch seconds): dates its results
+    at: float = field(default_factory=time.time)
 
     @property
     def sop_instance_uid(self) -> str | None:
@@ -130,8 +134,11 @@ class Intake:
     """Stores, records and queues received objects; hands claimed work to the workers."""
 
     def __init__(self, store: ObjectStore, queue: JobQueue, records: JobRecords, *,
-                 handoff: Handoff | None = None, purge: bool = True) -> None:
+                 handoff: Handoff | None = None, purge: bool = True,
+                 checksums: bool = False) -> None:
         self.store = store
+        #: tickets carry the object's sha256 (a store shared by machines: checked on reading)
+        self.checksums = checksums
         self.queue = queue
         self.records = records
         self.handoff = handoff if handoff is not None else Handoff(0)
@@ -170,8 +177,9 @@ class Intake:
                 return job_id
             # Before the ticket exists: a worker claiming it at once must find it here.
             self.handoff.put(key, received.dataset, len(received.data))
+            digest = hashlib.sha256(received.data).hexdigest() if self.checksums else None
             self.queue.put(Ticket(job_id, key, uid, received.calling_ae, received.origin,
-                                  received.options))
+                                  received.options, sha256=digest, received_at=received.at))
         except BaseException:
             self.handoff.take(key)
             self.store.delete(key)
@@ -195,7 +203,7 @@ class Intake:
                                    received.options)
         future: Future = Future()
         work = Work(Ticket(job_id, None, uid, received.calling_ae, received.origin,
-                           received.options), received.dataset, future)
+                           received.options, received_at=received.at), received.dataset, future)
         with self._lane_lock:
             self._lane.append(work)
         self.wake.set()

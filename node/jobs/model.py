@@ -42,7 +42,9 @@ class Ticket:
     """One job in the queue: which record, which stored object, what to do with it.
 
     ``key`` is the object's storage key; ``None`` for a ``/score`` job, whose object lives
-    only in the memory of the request that waits for it.
+    only in the memory of the request that waits for it. ``sha256`` is the stored object's
+    (checked when it is read back on another machine); ``received_at`` (epoch seconds) dates
+    its results, so that processing it again builds identical objects.
     """
 
     job_id: int
@@ -52,6 +54,8 @@ class Ticket:
     origin: str
     options: dict[str, Any] = field(default_factory=dict)
     attempt: int = 1
+    sha256: str | None = None
+    received_at: float | None = None
 
 
 @dataclass(frozen=True)
@@ -72,7 +76,7 @@ class JobRecord:
 
     def ticket(self, attempt: int = 1) -> Ticket:
         return Ticket(self.id, self.key, self.sop_instance_uid, self.calling_ae, self.origin,
-                      self.options, attempt)
+                      self.options, attempt, received_at=self.created or None)
 
 
 @dataclass(frozen=True)
@@ -83,6 +87,15 @@ class ResultObject:
     sop_instance_uid: str
     sop_class_uid: str
     transfer_syntax_uid: str
+
+
+@dataclass
+class RemoteResult:
+    """A ``/score`` answer computed by another process (a worker of a scaled pool): its
+    scoring document and its result objects (Part 10 bytes, when DICOM was asked for)."""
+
+    document: dict[str, Any]
+    parts: list[bytes] = field(default_factory=list)
 
 
 @dataclass(frozen=True)

@@ -60,7 +60,10 @@ class Sender(threading.Thread):
             self._send(destination, items)
         return len(due)
 
-    def _send(self, destination: str, items: list[Delivery]) -> None:
+    def transmit(self, destination: str, items: list[Delivery]
+                 ) -> list[tuple[Delivery, str | None]]:
+        """Send ``items`` to ``destination`` in one association (or STOW-RS request): each
+        delivery with its error, ``None`` when it was delivered."""
         by_path: dict[Path, Delivery] = {self.store.local_path(d.key): d for d in items}
         timeout = self.settings.network_timeout_s
         if destination.startswith(("http://", "https://")):
@@ -70,13 +73,18 @@ class Sender(threading.Thread):
                         for p, d in by_path.items()]
             results = send_files(Peer.parse(destination), outgoing, self.settings.ae_title,
                                  timeout=timeout)
+        out = []
         for path, error in results:
-            d = by_path[path]
             DELIVERIES.labels("sent" if error is None else "failed").inc()
+            out.append((by_path[path], error))
+        return out
+
+    def _send(self, destination: str, items: list[Delivery]) -> None:
+        for d, error in self.transmit(destination, items):
             if error is None:
                 self.records.delivered(d.id)
                 logger.info("delivered %s to %s", d.sop_instance_uid, destination)
-                self._purge(d)
+                self.purge(d)
                 continue
             wait = backoff(self.settings, d.attempts + 1)
             next_try = None if wait is None else time.time() + wait
@@ -88,7 +96,9 @@ class Sender(threading.Thread):
                 logger.warning("delivery of %s to %s failed (%s); retry in %.0f s",
                                d.sop_instance_uid, destination, error, wait)
 
-    def _purge(self, d: Delivery) -> None:
+    def purge(self, d: Delivery) -> None:
+        """Delete what a sent delivery leaves unneeded (``purge_delivered``): its object
+        unless another delivery still needs it, and its source once the job is all sent."""
         if not self.settings.purge_delivered:
             return
         if not self.records.key_needed(d.key):

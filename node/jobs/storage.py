@@ -12,11 +12,13 @@ power loss.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import logging
 import os
 import shutil
 import threading
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -29,6 +31,8 @@ logger = logging.getLogger(__name__)
 INCOMING = "incoming"
 OUTBOX = "outbox"
 AREAS = (INCOMING, OUTBOX)
+#: A partial write in a shared store's ``tmp/`` older than this is a crashed writer's.
+STALE_PART_S = 3600
 
 
 class SpoolFullError(OutOfResourcesError, OSError):
@@ -75,18 +79,24 @@ class SpoolStore:
     """:class:`ObjectStore` in a folder, with a size quota and a free-space floor."""
 
     def __init__(self, root: Path, quota_bytes: int | None = None,
-                 min_free_bytes: int = 0) -> None:
+                 min_free_bytes: int = 0, shared: bool = False) -> None:
+        """``shared``: other processes (other machines) write to ``root`` at the same time;
+        only their partial writes older than :data:`STALE_PART_S` are removed here, and the
+        quota counts this process's writes since it started."""
         self.root = Path(root)
         self.tmp = self.root / "tmp"
         for folder in (*(self.root / a for a in AREAS), self.tmp):
             folder.mkdir(parents=True, exist_ok=True)
+        stale = time.time() - STALE_PART_S
         for leftover in self.tmp.iterdir():  # partial writes of a crashed run
-            leftover.unlink(missing_ok=True)
+            with contextlib.suppress(FileNotFoundError):
+                if not shared or leftover.stat().st_mtime < stale:
+                    leftover.unlink(missing_ok=True)
         self.quota_bytes = quota_bytes
         self.min_free_bytes = min_free_bytes
         self._lock = threading.Lock()
-        self._used = sum(f.stat().st_size for a in AREAS for f in (self.root / a).glob("*")
-                         if f.is_file())
+        self._used = 0 if shared else sum(
+            f.stat().st_size for a in AREAS for f in (self.root / a).glob("*") if f.is_file())
 
     def local_path(self, key: str) -> Path:
         area, _, name = key.partition("/")
@@ -109,7 +119,7 @@ class SpoolStore:
         key = f"{area}/{name or uuid.uuid4().hex + '.dcm'}"
         final = self.local_path(key)
         self.check_room(len(data))
-        tmp = self.tmp / f"{uuid.uuid4().hex}.part"
+        tmp = self.tmp / f"{uuid.uuid4().hex}.part"  # unique across machines too
         try:
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o640)
             try:

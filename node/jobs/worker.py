@@ -7,6 +7,8 @@ A job's ticket is acknowledged only once its record is closed and its results ar
 from __future__ import annotations
 
 import contextlib
+import datetime
+import hashlib
 import logging
 import threading
 from collections.abc import Sequence
@@ -39,6 +41,8 @@ class Worker(threading.Thread):
         self.intake = intake
         self.records = intake.records
         self.store = intake.store
+        #: where this worker's tickets are settled (acknowledged, retried)
+        self.queue = intake.queue
         self.pipeline = pipeline
         self.stop_event = stop
         self.decoder = ThreadPoolExecutor(max_workers=2, thread_name_prefix=f"{name}-decode")
@@ -76,7 +80,12 @@ class Worker(threading.Thread):
             ds, work.dataset = work.dataset, None  # the pixels are let go once decoded
             if ds is not None:
                 return decode(ds, name=name)
-            return from_dataset(read_dataset(self.store.get(work.ticket.key)), name=name)
+            data = self.store.get(work.ticket.key)
+            expected = work.ticket.sha256
+            if expected is not None and hashlib.sha256(data).hexdigest() != expected:
+                return DicomIOError("corrupt", "the stored object is not the one received "
+                                    "(sha256 differs)")
+            return from_dataset(read_dataset(data), name=name)
         except DicomIOError as e:
             return e
         except Exception as e:
@@ -87,8 +96,9 @@ class Worker(threading.Thread):
         """Record how ``work`` ended, then acknowledge its ticket and answer its waiter."""
         ticket = work.ticket
         self.records.close(ticket.job_id, outcome, deliveries)
+        self.closed(work, outcome, result)
         if ticket.key is not None:
-            self.intake.queue.ack(ticket.job_id)
+            self.queue.ack(ticket.job_id)
             if self.settings.purge_delivered and not deliveries:
                 self.store.delete(ticket.key)
         JOBS.labels(ticket.origin, outcome.state).inc()
@@ -96,6 +106,10 @@ class Worker(threading.Thread):
         if work.future is not None:
             with contextlib.suppress(InvalidStateError):  # its request gave up waiting
                 work.future.set_result((outcome, result))
+
+    def closed(self, work: Work, outcome: JobOutcome, result: Outcome | None) -> None:
+        """After a job's record is closed, before its ticket is acknowledged: a hook for
+        what must be durable by then (a broker's delivery messages)."""
 
     def process(self, work: list[Work]) -> None:
         self.records.started([w.ticket.job_id for w in work])
@@ -134,14 +148,17 @@ class Worker(threading.Thread):
     def _complete(self, work: Work, scored: Scored) -> None:
         try:
             options = work.ticket.options
-            result = self.pipeline.complete(scored, method=options.get("explain"),
-                                            build_dicom=options.get("dicom", True))
+            received = work.ticket.received_at
+            result = self.pipeline.complete(
+                scored, method=options.get("explain"), build_dicom=options.get("dicom", True),
+                timestamp=None if received is None else
+                datetime.datetime.fromtimestamp(received))
             self.close(work, JobOutcome.done(), result, self._store_results(work, result))
         except SpoolFullError as e:
             logger.error("job %d: no room for its results (%s); retry in %.0f s",
                          work.ticket.job_id, e, NO_ROOM_RETRY_S)
             self.records.requeued(work.ticket.job_id, f"no room for results: {e}")
-            self.intake.queue.retry_later(work.ticket, NO_ROOM_RETRY_S)
+            self.queue.retry_later(work.ticket, NO_ROOM_RETRY_S)
         except DicomIOError as e:  # the image cannot carry results (its code says why)
             logger.warning("job %d failed: %s", work.ticket.job_id, e.code)
             self.close(work, JobOutcome("failed", e.code, e.reason))
@@ -151,7 +168,7 @@ class Worker(threading.Thread):
 
     def destinations(self, work: Work) -> list[str]:
         """DIMSE and DICOMweb destinations of a job's results (none for ``/score``)."""
-        if work.ticket.key is None:
+        if work.ticket.key is None or work.ticket.origin == "http":
             return []
         out = list(self.settings.destinations) + list(self.settings.dicomweb_destinations)
         calling = work.ticket.calling_ae

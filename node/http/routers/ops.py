@@ -23,7 +23,8 @@ async def readyz(request: Request) -> JSONResponse:
     if not node.ready.is_set():
         return JSONResponse({"status": "starting"}, status_code=503,
                             headers={"Retry-After": "5"})
-    return JSONResponse({"status": "ready", "model": node.model.info,
+    return JSONResponse({"status": "ready",
+                         "model": node.model.info if node.model is not None else None,
                          "onnx_fast_path": node.fast_path})
 
 

@@ -16,13 +16,14 @@ from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 
 from domain import ExplainChoice
-from node.core.errors import JobFailedError
+from node.core.errors import JobFailedError, OutOfResourcesError
 from node.core.pipeline import Outcome
 from node.core.scoring import score_document
 from node.http.deps import body_limit, get_node, read_body, replay, require_token
 from node.http.errors import ApiError
 from node.http.multipart import build_related
 from node.jobs.intake import receive
+from node.jobs.model import RemoteResult
 
 router = APIRouter(tags=["scoring"], dependencies=[Depends(require_token)])
 
@@ -80,13 +81,17 @@ async def score(
     if dicom:
         body, content_type = await run_in_threadpool(_related, result)
         return Response(body, media_type=content_type)
+    if isinstance(result, RemoteResult):  # scored by a worker of the pool
+        return JSONResponse(result.document)
     document = await run_in_threadpool(score_document, node.model, result, explain != "none",
                                        node.settings.parametric_map)
     return JSONResponse(document)
 
 
-def _related(result: Outcome) -> tuple[bytes, str]:
+def _related(result: Outcome | RemoteResult) -> tuple[bytes, str]:
     """The result objects as one multipart/related body of application/dicom parts."""
+    if isinstance(result, RemoteResult):
+        return build_related(result.parts)
     results = result.results
     return build_related([results.part10(kind) for kind, _ in results.items()]
                          if results is not None else [])
@@ -97,14 +102,18 @@ def _submit(node, data: bytes, options: dict):
     return node.intake.submit(received, node.settings.max_queue_depth)
 
 
-async def node_score(node, data: bytes, options: dict) -> Outcome:
+async def node_score(node, data: bytes, options: dict) -> Outcome | RemoteResult:
     """Parse and gate ``data``, have the workers score it, and wait for the result (a domain
-    error when the job did not end ``done``)."""
+    error when the job did not end ``done``). A worker pool that does not answer in time is
+    busy (503 with Retry-After); the node's own workers, stuck (504)."""
     job_id, future = await run_in_threadpool(_submit, node, data, options)
     timeout = node.settings.score_timeout_s
     try:
         outcome, result = await asyncio.wait_for(asyncio.wrap_future(future), timeout)
     except TimeoutError:
+        if node.settings.broker is not None:
+            raise OutOfResourcesError(f"no worker answered within {timeout} s "
+                                      f"(job {job_id})") from None
         raise ApiError(504, "timeout", f"no result within {timeout} s (job {job_id})") from None
     if outcome.state != "done":
         raise JobFailedError(outcome.state, outcome.code, outcome.reason)
