@@ -41,6 +41,13 @@ class Node:
         self.started_at = time.monotonic()
         #: ONNX Runtime fast path: "on", "off" or "pending" (exporting in the background).
         self.fast_path = "off"
+        #: why this node refuses work (a scaled worker with another model than the pool's)
+        self.refused: str | None = None
+
+    @property
+    def receives(self) -> bool:
+        """Whether this process takes images in (C-STORE, STOW-RS, ``/score``)."""
+        return True
 
     def make_jobs(self) -> tuple[SpoolStore, SqliteJobRecords, Intake]:
         """The embedded default of the three interfaces: a spool folder and one SQLite file
@@ -204,6 +211,11 @@ class Node:
                 thread.join(max(0.0, deadline - time.monotonic()))
         logger.info("stopped")
 
+    def ready_line(self) -> str:
+        """What the ready line says this process serves."""
+        return (f"DICOM {self.settings.ae_title}@{self.settings.bind}:{self.dicom_port}, "
+                f"HTTP {self.http_port}")
+
     def serve_forever(self) -> None:
         """Run until SIGTERM or SIGINT."""
         done = threading.Event()
@@ -217,8 +229,7 @@ class Node:
         self.start()
         if self.settings.http_port is not None:
             self.start_http()
-        print(f"cxr-node ready: DICOM {self.settings.ae_title}@{self.settings.bind}:"
-              f"{self.dicom_port}, HTTP {self.http_port}", flush=True)
+        print(f"cxr-node ready: {self.ready_line()}", flush=True)
         # With a timeout: the kernel may deliver the signal to any of the process's threads
         # (ONNX Runtime's, OpenMP's, ...); the main thread runs Python's handler only when it
         # wakes, and a wait without a timeout might never wake.

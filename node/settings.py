@@ -122,6 +122,9 @@ class Settings(BaseSettings):
                                                  "user:password for the broker")
     broker_ca: Path | None = Field(None, description="PEM CA bundle that signed the broker's "
                                    "TLS certificate (default: the system's)")
+    broker_client_cert: Path | None = Field(None, description="PEM client certificate for "
+                                            "a broker that verifies its clients")
+    broker_client_key: Path | None = Field(None, description="PEM key of broker_client_cert")
     broker_timeout_s: float = Field(10, gt=0, description="wait this long for the broker to "
                                     "confirm a message before refusing the work")
     records: str | None = Field(None, description="postgresql:// URL of the job records "
@@ -205,6 +208,8 @@ class Settings(BaseSettings):
             if self.records is None:
                 raise ValueError("a broker needs shared job records (--records "
                                  "postgresql://...)")
+        if (self.broker_client_cert is None) != (self.broker_client_key is None):
+            raise ValueError("broker_client_cert and broker_client_key go together")
         if self.records is not None and not re.match(r"^postgres(ql)?://", self.records):
             raise ValueError("records is not a postgresql:// URL")
         return self

@@ -14,7 +14,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGES = ("domain", "dicom_io", "inference", "explain", "node", "deploy")
-ROLES = ("node.jobs", "node.dimse", "node.http", "node.cli", "node.bench", "node.service")
+ROLES = ("node.jobs", "node.broker", "node.dimse", "node.http", "node.cli", "node.bench",
+         "node.service")
 #: What each layer may import of the project (itself always).
 ALLOWED: dict[str, tuple[str, ...]] = {
     "domain": (),

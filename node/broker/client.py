@@ -14,6 +14,7 @@ import logging
 import queue
 import ssl
 import threading
+import time
 import uuid
 from concurrent.futures import Future
 from dataclasses import dataclass
@@ -31,6 +32,8 @@ from node.metrics import BROKER_CONFIRMED, BROKER_PUBLISHED
 logger = logging.getLogger(__name__)
 
 REPLY_TO = "amq.rabbitmq.reply-to"
+#: Seconds between two counts of the work queues' depth.
+DEPTH_EVERY_S = 1.0
 #: Seconds between reconnection attempts: doubling from the first to the last.
 BACKOFF_S = (0.5, 10.0)
 
@@ -62,24 +65,27 @@ def split_urls(urls: str) -> list[str]:
 
 
 def parameters(urls: str, *, credentials_file: Path | None = None,
-               ca_file: Path | None = None, heartbeat_s: int = 60,
-               name: str = "cxr-node") -> list[pika.URLParameters]:
+               ca_file: Path | None = None, client_cert: tuple[Path, Path] | None = None,
+               heartbeat_s: int = 60, name: str = "cxr-node") -> list[pika.URLParameters]:
     """Connection parameters for each of the comma-separated ``amqp://`` or ``amqps://``
     ``urls`` (the nodes of a cluster: a connection tries them in turn).
 
     Credentials come from the URL (given by the environment) or from ``credentials_file``
     (one line ``user:password``); TLS verifies the broker against ``ca_file`` or the system's
-    CAs, and its host name.
+    CAs, and its host name; ``client_cert`` (certificate, key) for a broker that verifies
+    its clients. ``heartbeat_s``: a consumer that runs the model between two calls into pika
+    sends no heartbeat meanwhile, so it needs more than a publisher.
 
     Raises:
         ValueError: not an AMQP URL, or an unreadable credentials file (named, not shown).
     """
-    return [_parameters(u, credentials_file, ca_file, heartbeat_s, name)
+    return [_parameters(u, credentials_file, ca_file, client_cert, heartbeat_s, name)
             for u in split_urls(urls)]
 
 
 def _parameters(url: str, credentials_file: Path | None, ca_file: Path | None,
-                heartbeat_s: int, name: str) -> pika.URLParameters:
+                client_cert: tuple[Path, Path] | None, heartbeat_s: int,
+                name: str) -> pika.URLParameters:
     parts = urlsplit(url)
     if parts.scheme not in ("amqp", "amqps") or not parts.hostname:
         raise ValueError(f"broker {redact(url) if parts.hostname else url!r} is not an "
@@ -95,6 +101,8 @@ def _parameters(url: str, credentials_file: Path | None, ca_file: Path | None,
         params.credentials = pika.PlainCredentials(user, password)
     if parts.scheme == "amqps":
         context = ssl.create_default_context(cafile=str(ca_file) if ca_file else None)
+        if client_cert is not None:
+            context.load_cert_chain(*map(str, client_cert))
         params.ssl_options = pika.SSLOptions(context, parts.hostname)
     params.heartbeat = heartbeat_s
     params.blocked_connection_timeout = 30
@@ -148,6 +156,8 @@ class Publisher(threading.Thread):
         self._replies: dict[str, Future] = {}
         self._lock = threading.Lock()
         self._connection: pika.BlockingConnection | None = None
+        self._depths: dict[str, int] = {}
+        self._counted = 0.0
 
     def start_connected(self) -> None:
         """Connect and declare once, then start the thread.
@@ -241,9 +251,24 @@ class Publisher(threading.Thread):
             try:
                 self._connection.process_data_events(time_limit=0.2)
                 self._drain()
+                self._count()
             except (pika.exceptions.AMQPError, OSError) as e:
                 self._lost(e)
         close_quietly(self._connection)
+
+    def depth(self, *queues: str) -> int:
+        """Messages in ``queues`` (ready or handed out), as counted at most
+        :data:`DEPTH_EVERY_S` ago; what HTTP's ``max_queue_depth`` compares with."""
+        return sum(self._depths.get(q, 0) for q in queues)
+
+    def _count(self) -> None:
+        now = time.monotonic()
+        if now - self._counted < DEPTH_EVERY_S:
+            return
+        self._counted = now
+        for name in (topology.JOBS, topology.SCORE):
+            ok = self._channel.queue_declare(name, passive=True)
+            self._depths[name] = int(ok.method.message_count)
 
     def _drain(self) -> None:
         while True:
@@ -253,7 +278,8 @@ class Publisher(threading.Thread):
                 return
             if item.done.done():  # its caller gave up
                 continue
-            BROKER_PUBLISHED.labels(item.queue).inc()
+            label = "reply" if item.queue.startswith(REPLY_TO) else item.queue
+            BROKER_PUBLISHED.labels(label).inc()
             try:
                 self._channel.basic_publish("", item.queue, item.body, item.properties,
                                             mandatory=True)
@@ -268,7 +294,7 @@ class Publisher(threading.Thread):
             except BaseException as e:
                 item.done.set_exception(BrokerUnavailableError(f"publishing failed: {e!r}"))
                 raise
-            BROKER_CONFIRMED.labels(item.queue).inc()
+            BROKER_CONFIRMED.labels(label).inc()
             item.done.set_result(None)
 
     def _lost(self, error: BaseException) -> None:

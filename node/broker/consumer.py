@@ -33,6 +33,8 @@ class Received:
     properties: pika.BasicProperties
     body: bytes
     redelivered: bool
+    #: which connection of its consumer it came on (tags restart with each connection)
+    generation: int = 0
 
 
 class Consumer:
@@ -47,6 +49,8 @@ class Consumer:
         self.retry_delays_s = retry_delays_s
         self._connection: pika.BlockingConnection | None = None
         self._buffer: deque[Received] = deque()
+        self._open_tags: set[int] = set()  # delivered on this connection, not yet settled
+        self._generation = 0
         self._delay = BACKOFF_S[0]
 
     def _open(self) -> None:
@@ -57,14 +61,16 @@ class Consumer:
         for name in self.queues:
             channel.basic_consume(name, self._make_callback(name))
         self._connection, self._channel = connection, channel
+        self._generation += 1
         logger.info("consuming %s from broker %s", ", ".join(self.queues), redact(self.url))
 
     def _make_callback(self, name: str) -> Callable:
         def on_message(channel, method, properties, body: bytes) -> None:
             if method.redelivered:
                 BROKER_REDELIVERED.labels(name).inc()
+            self._open_tags.add(method.delivery_tag)
             self._buffer.append(Received(name, method.delivery_tag, properties, body,
-                                         method.redelivered))
+                                         method.redelivered, self._generation))
         return on_message
 
     def fetch(self, limit: int, first_wait_s: float, fill_wait_s: float,
@@ -107,21 +113,34 @@ class Consumer:
             method, properties, body = self._channel.basic_get(queue_name, auto_ack=False)
             if method is None:
                 return out
+            self._open_tags.add(method.delivery_tag)
             out.append(Received(queue_name, method.delivery_tag, properties, body,
-                                method.redelivered))
+                                method.redelivered, self._generation))
 
     def ack(self, message: Received) -> None:
         """Acknowledge; a lost connection is logged (the broker hands it out again)."""
-        self._settle(lambda: self._channel.basic_ack(message.tag))
+        self._settle(message, lambda: self._channel.basic_ack(message.tag))
 
     def requeue(self, message: Received) -> None:
-        self._settle(lambda: self._channel.basic_nack(message.tag, requeue=True))
+        """Give it back at once (it counts towards the queue's delivery limit: only for a
+        message this consumer must not keep)."""
+        self._settle(message, lambda: self._channel.basic_nack(message.tag, requeue=True))
 
-    def _settle(self, action: Callable[[], None]) -> None:
-        if self._connection is None:
+    def unsettled(self, messages: list[Received]) -> list[Received]:
+        """Those of ``messages`` still held by this consumer: neither acknowledged nor given
+        back, on a connection still open (to try again later without a redelivery)."""
+        return [m for m in messages if self._holds(m)]
+
+    def _holds(self, message: Received) -> bool:
+        return (self._connection is not None and message.generation == self._generation
+                and message.tag in self._open_tags)
+
+    def _settle(self, message: Received, action: Callable[[], None]) -> None:
+        if not self._holds(message):
             return
         try:
             action()
+            self._open_tags.discard(message.tag)
         except (pika.exceptions.AMQPError, OSError) as e:
             self.lost(e)
 
@@ -129,9 +148,11 @@ class Consumer:
         logger.warning("consumer connection to broker %s lost (%s); unacknowledged messages "
                        "go back to the queue", redact(self.url), type(error).__name__)
         self._buffer.clear()
+        self._open_tags.clear()
         close_quietly(self._connection)
         self._connection = None
 
     def close(self) -> None:
+        self._open_tags.clear()
         close_quietly(self._connection)
         self._connection = None

@@ -16,6 +16,7 @@ import time
 from concurrent.futures import Future
 from dataclasses import dataclass
 
+from dicom_io import DicomIOError
 from node.broker import topology
 from node.broker.client import BrokerUnavailableError, Publisher
 from node.broker.messages import JobMessage, MessageError, ReplyMessage, ScoreMessage, decode
@@ -62,8 +63,8 @@ class BrokerJobQueue:
         return 0
 
     def depth(self) -> int:
-        """Not counted here: the broker's own back-pressure (a refused publish) answers."""
-        return 0
+        """Jobs and ``/score`` requests waiting in the broker (counted every second)."""
+        return self.publisher.depth(topology.JOBS, topology.SCORE)
 
     def ack(self, job_id: int) -> None:
         raise NotImplementedError("a receiver settles no jobs")
@@ -99,12 +100,15 @@ class BrokerIntake(Intake):
                             sha256=hashlib.sha256(received.data).hexdigest(),
                             received_at=received.at)
             message = ScoreMessage(**vars(self.queue.message(ticket)))
-            _, reply = self.queue.publisher.request(topology.SCORE, message)
+            correlation, reply = self.queue.publisher.request(topology.SCORE, message)
         except BaseException:
             self.store.delete(key)
             raise
         answer: Future = Future()
         reply.add_done_callback(lambda f: _answer(f, answer, self))
+        # the request gave up waiting: a late reply is not kept for it
+        answer.add_done_callback(lambda f: f.cancelled() and
+                                 self.queue.publisher.forget(correlation))
         return job_id, answer
 
     def claim(self, limit: int) -> list[Work]:
@@ -113,6 +117,8 @@ class BrokerIntake(Intake):
 
 def _answer(reply: Future, answer: Future, intake: Intake) -> None:
     """Turn a worker's reply into what ``/score`` waits for."""
+    if answer.done():  # cancelled: its request timed out
+        return
     error = reply.exception()
     if error is not None:
         answer.set_exception(error)
@@ -134,13 +140,32 @@ def _answer(reply: Future, answer: Future, intake: Intake) -> None:
     answer.set_result((outcome, RemoteResult(message.document or {}, parts)))
 
 
-def reconcile(intake: Intake, grace_s: float) -> int:
+def _reconcile_object(intake: Intake, queue: BrokerJobQueue, key: str, now: float) -> int:
+    """Record (and publish, if the gate lets it through) an object stored without a job."""
+    try:
+        received = receive(intake.store.get(key), "recovered")
+    except DicomIOError as e:  # unreadable: recorded as failed, never queued
+        intake.records.open(key, None, None, "recovered", None,
+                            JobOutcome("failed", e.code, e.reason))
+        return 0
+    outcome = received.outcome()
+    job_id = intake.records.open(key, received.sop_instance_uid, None, "recovered", None,
+                                 outcome)
+    if outcome is not None:
+        return 0
+    queue.put(Ticket(job_id, key, received.sop_instance_uid, None, "recovered",
+                     sha256=hashlib.sha256(received.data).hexdigest(), received_at=now))
+    return 1
+
+
+def reconcile(intake: Intake, grace_s: float, score_timeout_s: float = 0) -> int:
     """Queue what a receiver's crash left behind; how many jobs were published.
 
     Only what is older than ``grace_s`` (other receivers sharing the store are storing and
     publishing right now): jobs recorded ``queued`` (a crash before the publish: published
     again; if it was published, the worker finds the job closed and only acknowledges it),
-    ``/score`` jobs cut off (closed as failed), and objects stored but never recorded.
+    ``/score`` jobs cut off (closed as failed once no request can still wait for them:
+    ``score_timeout_s``), and objects stored but never recorded.
     A job recorded ``processing`` is not touched: its message is unacknowledged at a worker,
     and the broker hands it to another if that worker died.
     """
@@ -151,14 +176,19 @@ def reconcile(intake: Intake, grace_s: float) -> int:
         if job.updated > now - grace_s or job.state != "queued" or job.key is None:
             continue
         if job.origin == "http":
+            if job.updated > now - max(grace_s, score_timeout_s):
+                continue
             intake.records.close(job.id, JobOutcome("failed", "interrupted",
                                                     "the receiver stopped before answering"))
             continue
         try:
             data = intake.store.get(job.key)
-        except OSError:
+        except FileNotFoundError:
             intake.records.close(job.id, JobOutcome("failed", "not-stored",
                                                     "its stored object is gone"))
+            continue
+        except OSError as e:  # the store does not answer now: the next start tries again
+            logger.warning("reconciler: job %d left alone (%s)", job.id, e.strerror)
             continue
         ticket = job.ticket()
         queue.put(Ticket(**{**vars(ticket), "sha256": hashlib.sha256(data).hexdigest()}))
@@ -168,24 +198,11 @@ def reconcile(intake: Intake, grace_s: float) -> int:
         try:
             if key in known or intake.store.local_path(key).stat().st_mtime > now - grace_s:
                 continue
+            count += _reconcile_object(intake, queue, key, now)
         except FileNotFoundError:  # delivered and deleted meanwhile
             continue
-        received = None
-        try:
-            received = receive(intake.store.get(key), "recovered")
-        except Exception as e:  # unreadable: recorded as failed, never queued
-            code = getattr(e, "code", "corrupt")
-            intake.records.open(key, None, None, "recovered", None,
-                                JobOutcome("failed", code, str(getattr(e, "reason", e))))
-        if received is not None:
-            outcome = received.outcome()
-            job_id = intake.records.open(key, received.sop_instance_uid, None, "recovered",
-                                         None, outcome)
-            if outcome is None:
-                queue.put(Ticket(job_id, key, received.sop_instance_uid, None, "recovered",
-                                 sha256=hashlib.sha256(received.data).hexdigest(),
-                                 received_at=now))
-                count += 1
+        except Exception as e:  # e.g. another receiver recorded it at the same moment
+            logger.warning("reconciler: %s left alone (%s)", key, type(e).__name__)
     if count:
         logger.info("reconciler: %d job(s) published again", count)
     return count

@@ -27,6 +27,17 @@ from node.settings import Settings
 logger = logging.getLogger(__name__)
 
 ROLES = ("receive", "work", "send")
+#: Seconds of silence after which the broker closes a consumer's connection.
+CONSUMER_HEARTBEAT_S = 600
+
+
+def broker_parameters(settings: Settings, name: str, heartbeat_s: int = 60) -> list:
+    """pika's connection parameters for each URL of ``settings.broker``."""
+    client = ((settings.broker_client_cert, settings.broker_client_key)
+              if settings.broker_client_cert is not None else None)
+    return parameters(settings.broker, credentials_file=settings.broker_credentials_file,
+                      ca_file=settings.broker_ca, client_cert=client, heartbeat_s=heartbeat_s,
+                      name=name)
 
 
 def engine_of(model: LoadedModel) -> str:
@@ -50,12 +61,23 @@ class ScaledNode(Node):
         self.roles = set(ROLES) if settings.role == "all" else {settings.role}
         self.delays = topology.retry_delays(settings.retry_initial_s, settings.retry_max_s,
                                             settings.retry_max_attempts)
-        self.params = parameters(settings.broker,
-                                 credentials_file=settings.broker_credentials_file,
-                                 ca_file=settings.broker_ca, name=f"cxr-node {settings.role}")
+        self.params = broker_parameters(settings, f"cxr-node {settings.role}")
         self.publisher = Publisher(settings.broker, self.params, self.delays,
                                    settings.broker_timeout_s)
         super().__init__(settings, model)
+
+    @property
+    def receives(self) -> bool:
+        return "receive" in self.roles
+
+    def ready_line(self) -> str:
+        roles = ", ".join(r for r in ROLES if r in self.roles)
+        front = super().ready_line() if self.receives else f"HTTP {self.http_port}"
+        return f"roles {roles}; {front}"
+
+    def _refuse(self, reason: str) -> None:
+        """A worker met jobs for another model: this process is not ready any more."""
+        self.refused = reason
 
     def make_jobs(self) -> tuple[SpoolStore, PostgresJobRecords, Intake]:
         s = self.settings
@@ -70,7 +92,11 @@ class ScaledNode(Node):
         return store, records, intake
 
     def consumer(self, queues: list[str], prefetch: int) -> Consumer:
-        return Consumer(self.settings.broker, self.params, queues, prefetch, self.delays)
+        """A consumer's connection: a long heartbeat, since no heartbeat is sent while the
+        model runs between two calls into pika."""
+        params = broker_parameters(self.settings, f"cxr-node {self.settings.role}",
+                                   CONSUMER_HEARTBEAT_S)
+        return Consumer(self.settings.broker, params, queues, prefetch, self.delays)
 
     def start(self) -> None:
         """Connect (a broker unreachable now is the operator's error: raised, exit 2), load
@@ -93,7 +119,7 @@ class ScaledNode(Node):
                                                                      2 * BATCH))
             self.sender.start()
         if "receive" in self.roles:
-            reconcile(self.intake, s.reconcile_grace_s)
+            reconcile(self.intake, s.reconcile_grace_s, s.score_timeout_s)
             self.scp = make_scp(s, self.intake)
             self.server = start_scp(self.scp, (s.bind, s.dicom_port),
                                     scp_handlers(self.intake), s.server_ssl_context())
@@ -126,6 +152,7 @@ class ScaledNode(Node):
                                   self.stop_event, self.publisher,
                                   self.consumer([topology.JOBS, topology.SCORE],
                                                 2 * s.batch_size), mine)
+            worker.on_refused = self._refuse
             worker.start()
             self.workers.append(worker)
 

@@ -17,13 +17,14 @@ import time
 from collections import defaultdict
 
 from node.broker import topology
-from node.broker.client import BrokerUnavailableError, Publisher
+from node.broker.client import BACKOFF_S, BrokerUnavailableError, Publisher
 from node.broker.consumer import Consumer, Received
 from node.broker.messages import DeliveryMessage, MessageError, decode
 from node.broker.worker import dead_letter
+from node.core.errors import OutOfResourcesError
 from node.jobs.records import JobRecords
 from node.jobs.sender import Sender, backoff
-from node.jobs.storage import ObjectStore
+from node.jobs.storage import ObjectStore, StoreUnavailableError
 from node.metrics import BROKER_RETRIED
 from node.settings import Settings
 
@@ -42,15 +43,29 @@ class BrokerSender(Sender):
         self.consumer = consumer
 
     def run(self) -> None:
+        held: list[Received] = []
+        wait = BACKOFF_S[0]
         while not self.stop_event.is_set():
+            messages = held or self.consumer.fetch(BATCH, 0.5, FILL_WAIT_S, self.stop_event)
+            if not messages:
+                continue
             try:
-                messages = self.consumer.fetch(BATCH, 0.5, FILL_WAIT_S, self.stop_event)
-                if messages:
-                    self.send_messages(messages)
+                self.send_messages(messages)
+            except OutOfResourcesError as e:  # the records, the broker or the store, for now
+                logger.warning("sender: %s", e)
             except Exception:  # the sender never dies; unacknowledged messages come back
                 logger.exception("sender loop failed; continuing")
                 self.consumer.lost(RuntimeError("sender loop failed"))
                 self.stop_event.wait(1)
+            # kept and tried again, not given back: a redelivery counts towards the limit
+            held = self.consumer.unsettled(messages)
+            if held:
+                logger.warning("sender: trying %d delivery(ies) again in %.1f s", len(held),
+                               wait)
+                self.stop_event.wait(wait)
+                wait = min(2 * wait, BACKOFF_S[1])
+            else:
+                wait = BACKOFF_S[0]
         self.consumer.close()
 
     def send_messages(self, messages: list[Received]) -> None:
@@ -67,10 +82,12 @@ class BrokerSender(Sender):
                 continue
             try:
                 self.store.local_path(msg.key).stat()
-            except (OSError, ValueError) as e:
+            except (FileNotFoundError, ValueError) as e:
                 dead_letter(self.publisher, self.consumer, m,
                             f"missing-object: {msg.key}: {type(e).__name__}")
                 continue
+            except OSError as e:  # the store does not answer now
+                raise StoreUnavailableError(e.errno, f"{msg.key}: {e.strerror}") from e
             by_id[msg.delivery_id].append((m, msg))  # a repeat in the batch: sent once
         by_destination: dict[str, list[DeliveryMessage]] = defaultdict(list)
         for (_, first), *_ in by_id.values():

@@ -11,12 +11,14 @@ deterministic and the results are dated by the receive time, so a repeat is the 
 
 from __future__ import annotations
 
+import errno
 import logging
 import threading
+from collections.abc import Callable
 from concurrent.futures import Future
 
 from node.broker import topology
-from node.broker.client import BrokerUnavailableError, Publisher
+from node.broker.client import BACKOFF_S, BrokerUnavailableError, Publisher
 from node.broker.consumer import Consumer, Received
 from node.broker.messages import (
     DeliveryMessage,
@@ -27,13 +29,14 @@ from node.broker.messages import (
     decode,
 )
 from node.broker.receiver import PoolModel
+from node.core.errors import OutOfResourcesError
 from node.core.memory import trim
 from node.core.pipeline import Outcome, Pipeline
 from node.core.scoring import score_document
 from node.jobs.intake import Intake, Work
 from node.jobs.model import FINAL_STATES, JobOutcome, Ticket
-from node.jobs.storage import OUTBOX
-from node.jobs.worker import NO_ROOM_RETRY_S, Worker
+from node.jobs.storage import OUTBOX, SpoolFullError, StoreUnavailableError
+from node.jobs.worker import Worker
 from node.metrics import BROKER_DEAD_LETTERED
 from node.settings import Settings
 
@@ -68,14 +71,15 @@ class _Settle:
             self.worker.consumer.ack(message)
 
     def retry_later(self, ticket: Ticket, delay_s: float) -> None:
-        message = self.worker.pending.pop(ticket.job_id, None)
-        if message is not None:  # no room for results: wait here, then let another try
-            self.worker.stop_event.wait(min(delay_s, NO_ROOM_RETRY_S))
-            self.worker.consumer.requeue(message)
+        """No room for results: the message is kept and the batch's end tries it again."""
+        self.worker.pending.pop(ticket.job_id, None)
+        raise SpoolFullError(errno.ENOSPC, f"no room for the results of job {ticket.job_id}")
 
 
 class BrokerWorker(Worker):
     """A :class:`~node.jobs.worker.Worker` fed by the broker (``cxr.jobs``, ``cxr.score``)."""
+
+    transient_store_errors = True
 
     def __init__(self, name: str, settings: Settings, intake: Intake, pipeline: Pipeline,
                  stop: threading.Event, publisher: Publisher, consumer: Consumer,
@@ -86,34 +90,54 @@ class BrokerWorker(Worker):
         self.model = model
         self.queue = _Settle(self)  # type: ignore[assignment]
         self.pending: dict[int, Received] = {}
-        self.unsettled: set[int] = set()
         #: why this worker refuses work (another model than the pool's), else None
         self.refused: str | None = None
+        #: told why, once, when this worker stops for refusing work
+        self.on_refused: Callable[[str], None] | None = None
 
     def run(self) -> None:
         size = self.settings.batch_size
         delay = self.settings.max_queue_delay_ms / 1000
         used = False
+        held: list[Received] = []
+        wait = BACKOFF_S[0]
         while not self.stop_event.is_set() and self.refused is None:
+            messages = held or self.consumer.fetch(size, 0.5, delay, self.stop_event)
+            held = []
+            if not messages:
+                if used:
+                    trim()
+                    used = False
+                continue
+            used = True
             try:
-                messages = self.consumer.fetch(size, 0.5, delay, self.stop_event)
-                if not messages:
-                    if used:
-                        trim()
-                        used = False
-                    continue
-                used = True
-                work = [w for w in map(self._work, messages) if w is not None]
+                work = []
+                for message in messages:
+                    item = self._work(message)
+                    if item is not None:
+                        work.append(item)
                 if work:
                     self.process(work)
+            except OutOfResourcesError as e:  # the records, the broker or the store, for now
+                logger.warning("worker %s: %s", self.name, e)
             except Exception:  # the worker never dies; unacknowledged messages come back
                 logger.exception("worker %s: batch failed", self.name)
                 self.consumer.lost(RuntimeError("batch failed"))
                 self.stop_event.wait(1)
             finally:
-                for message in self.pending.values():  # left unsettled: let another try
-                    self.consumer.requeue(message)
                 self.pending.clear()
+            # What could not be settled is kept and tried again after a while: a
+            # redelivery would count towards the queue's delivery limit.
+            held = self.consumer.unsettled(messages)
+            if held:
+                logger.warning("worker %s: trying %d job(s) again in %.1f s", self.name,
+                               len(held), wait)
+                self.stop_event.wait(wait)
+                wait = min(2 * wait, BACKOFF_S[1])
+            else:
+                wait = BACKOFF_S[0]
+        if self.refused is not None and self.on_refused is not None:
+            self.on_refused(self.refused)
         self.consumer.close()
         self.decoder.shutdown(wait=False)
 
@@ -143,12 +167,14 @@ class BrokerWorker(Worker):
             return None
         try:
             self.store.local_path(job.key).stat()
-        except (OSError, ValueError) as e:
+        except (FileNotFoundError, ValueError) as e:
             self.records.close(job.job_id, JobOutcome("failed", "not-stored",
                                                       "its stored object is gone"))
             dead_letter(self.publisher, self.consumer, message,
                         f"missing-object: {job.key}: {type(e).__name__}")
             return None
+        except OSError as e:  # the store does not answer now: not the message's fault
+            raise StoreUnavailableError(e.errno, f"{job.key}: {e.strerror}") from e
         self.pending[job.job_id] = message
         future: Future | None = None
         if isinstance(job, ScoreMessage):
@@ -171,9 +197,9 @@ class BrokerWorker(Worker):
     def closed(self, work: Work, outcome: JobOutcome, result: Outcome | None) -> None:
         ticket = work.ticket
         if ticket.origin != "http" and not self._publish_deliveries(ticket.job_id):
-            message = self.pending.pop(ticket.job_id, None)  # not acknowledged: redelivered
-            if message is not None:
-                self.consumer.requeue(message)
+            # not acknowledged: kept, and tried again (its record is closed: only the
+            # deliveries are published again)
+            self.pending.pop(ticket.job_id, None)
 
     def _reply(self, job: ScoreMessage, message: Received, done: Future) -> None:
         """Answer a ``/score`` request (its upload is deleted: the answer acknowledges it)."""

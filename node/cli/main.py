@@ -99,6 +99,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("jobs", help="queue counts and failed items with their reasons")
     p.add_argument("--spool", type=Path, default=Path("spool"))
+    p.add_argument("--config", type=Path, help="a scaled node's TOML config (its records)")
     p.add_argument("--records", metavar="POSTGRESQL_URL", help="a scaled node's job records")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(func=cmd_jobs)
@@ -250,7 +251,12 @@ def _open_records(spool: Path, records: str | None = None):
 def cmd_jobs(args: argparse.Namespace) -> int:
     import json
 
-    document = _open_records(args.spool, args.records).failed_document()
+    records = args.records
+    if records is None and args.config is not None:
+        from node.settings import Settings
+
+        records = Settings.load(args.config).records
+    document = _open_records(args.spool, records).failed_document()
     if args.json:
         print(json.dumps(document, indent=2))
         return EXIT_OK
@@ -277,8 +283,9 @@ def cmd_resend(args: argparse.Namespace) -> int:
 def _resend_scaled(args: argparse.Namespace) -> int:
     """Resend over the broker: failed deliveries are published again (confirmed)."""
     from node.broker import topology
-    from node.broker.client import Publisher, parameters
+    from node.broker.client import Publisher
     from node.broker.consumer import Consumer
+    from node.broker.roles import broker_parameters
     from node.broker.sender import resend
     from node.core.errors import OutOfResourcesError
     from node.settings import Settings
@@ -289,8 +296,7 @@ def _resend_scaled(args: argparse.Namespace) -> int:
     if s.broker is None:
         raise ValueError("resend over a broker needs --broker (or broker in --config)")
     delays = topology.retry_delays(s.retry_initial_s, s.retry_max_s, s.retry_max_attempts)
-    params = parameters(s.broker, credentials_file=s.broker_credentials_file,
-                        ca_file=s.broker_ca, name="cxr-node resend")
+    params = broker_parameters(s, "cxr-node resend")
     publisher = Publisher(s.broker, params, delays, s.broker_timeout_s)
     records = _open_records(args.spool, s.records)
     try:
@@ -340,8 +346,9 @@ def cmd_bench(args: argparse.Namespace) -> int:
 def _user_errors() -> tuple[type[BaseException], ...]:
     """Errors that are the user's to fix (bad model, settings, files): one line, exit 2."""
     errors: list[type[BaseException]] = [ValueError, OSError]
-    for module, name in (("inference.errors", "InferenceError"), ("dicom_io.errors",
-                                                                 "DicomIOError")):
+    for module, name in (("inference.errors", "InferenceError"),
+                         ("dicom_io.errors", "DicomIOError"),
+                         ("node.jobs.sqlite", "SchemaError")):
         cls = getattr(sys.modules.get(module), name, None)
         if cls is not None:
             errors.append(cls)

@@ -25,8 +25,10 @@ def create_app(node) -> FastAPI:
                   description="Chest X-ray AI node: scoring, DICOMweb STOW-RS, operations.")
     app.state.node = node
     errors.install(app)
-    for router in (ops.router, score.router, stow.router):
-        app.include_router(router)
+    app.include_router(ops.router)
+    if node.receives:  # a scaled node's worker or sender: operations only
+        app.include_router(score.router)
+        app.include_router(stow.router)
 
     @app.middleware("http")
     async def measure(request: Request, call_next):

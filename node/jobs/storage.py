@@ -45,6 +45,11 @@ class SpoolFullError(OutOfResourcesError, OSError):
         return str(self.strerror)
 
 
+class StoreUnavailableError(OutOfResourcesError, OSError):
+    """The store could not be read now (a shared mount that does not answer, an I/O error):
+    not the object's fault; try again later."""
+
+
 class ObjectStore(Protocol):
     """Keyed, durable object storage shared by every role of the node."""
 

@@ -21,7 +21,7 @@ from node.core.memory import trim
 from node.core.pipeline import Outcome, Pipeline
 from node.jobs.intake import Intake, Work
 from node.jobs.model import JobOutcome, ResultObject
-from node.jobs.storage import OUTBOX, SpoolFullError
+from node.jobs.storage import OUTBOX, SpoolFullError, StoreUnavailableError
 from node.metrics import BATCH_SIZE, JOBS
 from node.settings import Settings
 
@@ -33,6 +33,10 @@ NO_ROOM_RETRY_S = 5.0
 
 class Worker(threading.Thread):
     """Claims up to ``batch_size`` jobs, waiting at most ``max_queue_delay`` to fill a batch."""
+
+    #: Whether a store that cannot be read now stops the batch (its jobs are tried again) or
+    #: fails the job: the embedded queue returns leases only at start, so it fails the job.
+    transient_store_errors = False
 
     def __init__(self, name: str, settings: Settings, intake: Intake, pipeline: Pipeline,
                  stop: threading.Event) -> None:
@@ -88,6 +92,12 @@ class Worker(threading.Thread):
             return from_dataset(read_dataset(data), name=name)
         except DicomIOError as e:
             return e
+        except OSError as e:
+            if self.transient_store_errors and not isinstance(e, FileNotFoundError):
+                raise StoreUnavailableError(e.errno, f"reading {work.ticket.key}: "
+                                            f"{e.strerror}") from e
+            return DicomIOError("not-stored" if isinstance(e, FileNotFoundError) else "corrupt",
+                                f"{type(e).__name__}: {e}")
         except Exception as e:
             return DicomIOError("corrupt", f"{type(e).__name__}: {e}")
 

@@ -146,6 +146,29 @@ def test_a_broker_node_stopped_under_load(pool: Deployment, images: list[Path]) 
     pool.wait_settled()
 
 
+def test_job_records_down_then_up(pool: Deployment, postgres, tmp_path: Path,
+                                  cr_path: Path) -> None:
+    """PostgreSQL stopped under load: receivers refuse (0xA700) what they cannot record,
+    workers and the sender keep what they hold and finish it once it is back; nothing goes
+    to the dead-letter queue."""
+    batch = [radiograph_copy(cr_path, tmp_path / f"pg{i}.dcm", f"pg{i}", downscale=2)
+             for i in range(12)]
+    start = pool.recorded()
+    sending, out = stream(pool, "receiver1", batch, "records-down")
+    wait_until(lambda: pool.recorded() >= start + 3, 120, 0.01, "three images received")
+    postgres.stop()
+    try:
+        wait_until(lambda: not sending.is_alive() or pool.processes["worker0"].log_text()
+                   .count("unavailable") > 0, 60, 0.2, "a role to meet the outage")
+    finally:
+        postgres.start()
+    sending.join()
+    assert len(out["acked"]) >= 3
+    assert not pool.wait_srs(out["acked"]), pool.logs()
+    pool.wait_settled()
+    assert pool.queue_depths()[topology.DEAD] == 0
+
+
 def test_destination_down_then_up(pool: Deployment, images: list[Path]) -> None:
     batch = images[112:118]
     retried = pool.metric("sender", "cxr_broker_retried_total")

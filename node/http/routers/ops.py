@@ -20,6 +20,8 @@ async def healthz() -> dict:
 @router.get("/readyz", summary="model loaded and warmed up", dependencies=[Depends(require_token)])
 async def readyz(request: Request) -> JSONResponse:
     node = get_node(request)
+    if node.refused is not None:
+        return JSONResponse({"status": "refused", "reason": node.refused}, status_code=503)
     if not node.ready.is_set():
         return JSONResponse({"status": "starting"}, status_code=503,
                             headers={"Retry-After": "5"})
