@@ -257,7 +257,7 @@ class Publisher(threading.Thread):
         close_quietly(self._connection)
 
     def depth(self, *queues: str) -> int:
-        """Messages in ``queues`` (ready or handed out), as counted at most
+        """Messages ready in ``queues`` (not handed out yet), as counted at most
         :data:`DEPTH_EVERY_S` ago; what HTTP's ``max_queue_depth`` compares with."""
         return sum(self._depths.get(q, 0) for q in queues)
 

@@ -103,6 +103,18 @@ class Consumer:
                 return
             self._connection.process_data_events(time_limit=min(left, 0.2))
 
+    def pause(self, seconds: float, stop: threading.Event) -> None:
+        """Wait, keeping the connection alive (heartbeats) and the messages held: a
+        connection the broker closes would return them all, each a delivery towards the
+        limit. New deliveries (up to the prefetch) wait in the buffer meanwhile."""
+        if self._connection is None:
+            stop.wait(seconds)
+            return
+        try:
+            self._pump(lambda: False, seconds, stop)
+        except (pika.exceptions.AMQPError, OSError) as e:
+            self.lost(e)
+
     def drain(self, queue_name: str) -> list[Received]:
         """Every message now in ``queue_name`` (not consumed: fetched one by one), each to
         be acknowledged or requeued by the caller."""

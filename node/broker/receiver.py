@@ -63,7 +63,8 @@ class BrokerJobQueue:
         return 0
 
     def depth(self) -> int:
-        """Jobs and ``/score`` requests waiting in the broker (counted every second)."""
+        """Jobs and ``/score`` requests ready in the broker, not yet handed to a worker
+        (counted every second)."""
         return self.publisher.depth(topology.JOBS, topology.SCORE)
 
     def ack(self, job_id: int) -> None:
@@ -91,6 +92,7 @@ class BrokerIntake(Intake):
         """
         if received.verdict is not None:
             raise received.verdict
+        self._check_depth(max_depth)
         key = self.store.put(INCOMING, received.data, durable=False)
         uid = received.sop_instance_uid
         try:

@@ -11,11 +11,12 @@ import logging
 
 from inference import LoadedModel, configure_threads, load_model
 from node.broker import topology
-from node.broker.client import BrokerUnavailableError, Publisher, parameters, redact
+from node.broker.client import Publisher, parameters, redact
 from node.broker.consumer import Consumer
 from node.broker.receiver import BrokerIntake, BrokerJobQueue, PoolModel, reconcile
 from node.broker.sender import BATCH, BrokerSender
 from node.broker.worker import BrokerWorker
+from node.core.errors import OutOfResourcesError
 from node.core.pipeline import Pipeline
 from node.dimse.scp import make_scp, scp_handlers, start_scp
 from node.jobs.intake import Handoff, Intake
@@ -99,13 +100,17 @@ class ScaledNode(Node):
         return Consumer(self.settings.broker, params, queues, prefetch, self.delays)
 
     def start(self) -> None:
-        """Connect (a broker unreachable now is the operator's error: raised, exit 2), load
-        the model, start the roles; the receiver last, once the others can take work."""
-        s = self.settings
+        """Connect, load the model, start the roles; the receiver last, once the others can
+        take work. A broker or database lost during the start is the operator's to look
+        at: raised as ``ValueError`` (one line, exit 2)."""
         try:
-            self.publisher.start_connected()
-        except BrokerUnavailableError as e:
+            self._start()
+        except OutOfResourcesError as e:
             raise ValueError(str(e)) from e
+
+    def _start(self) -> None:
+        s = self.settings
+        self.publisher.start_connected()
         configure_threads(s.threads)
         if self.model is None and self.roles != {"send"}:
             self.model = load_model(s.model, card=s.card, cache_dir=s.weights_cache)

@@ -62,7 +62,7 @@ class BrokerSender(Sender):
             if held:
                 logger.warning("sender: trying %d delivery(ies) again in %.1f s", len(held),
                                wait)
-                self.stop_event.wait(wait)
+                self.consumer.pause(wait, self.stop_event)
                 wait = min(2 * wait, BACKOFF_S[1])
             else:
                 wait = BACKOFF_S[0]

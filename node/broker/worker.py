@@ -132,7 +132,7 @@ class BrokerWorker(Worker):
             if held:
                 logger.warning("worker %s: trying %d job(s) again in %.1f s", self.name,
                                len(held), wait)
-                self.stop_event.wait(wait)
+                self.consumer.pause(wait, self.stop_event)
                 wait = min(2 * wait, BACKOFF_S[1])
             else:
                 wait = BACKOFF_S[0]

@@ -143,7 +143,7 @@ class SpoolStore:
             tmp.unlink(missing_ok=True)
             if e.errno in (errno.ENOSPC, errno.EDQUOT):
                 raise SpoolFullError(e.errno, f"disk full while writing: {e.strerror}") from e
-            raise
+            raise StoreUnavailableError(e.errno, f"writing {key}: {e.strerror}") from e
         with self._lock:
             self._used += len(data)
         return key

@@ -17,6 +17,7 @@ from concurrent.futures import InvalidStateError, ThreadPoolExecutor
 from dicom_io import DeclinedError, DicomIOError, decode, from_dataset, read_dataset
 from domain import SourceImage
 from inference import Scored
+from node.core.errors import OutOfResourcesError
 from node.core.memory import trim
 from node.core.pipeline import Outcome, Pipeline
 from node.jobs.intake import Intake, Work
@@ -172,6 +173,11 @@ class Worker(threading.Thread):
         except DicomIOError as e:  # the image cannot carry results (its code says why)
             logger.warning("job %d failed: %s", work.ticket.job_id, e.code)
             self.close(work, JobOutcome("failed", e.code, e.reason))
+        except OutOfResourcesError as e:  # the records or the store, for now
+            if self.transient_store_errors:  # the batch's messages are tried again
+                raise
+            logger.error("job %d failed: %s", work.ticket.job_id, e)
+            self.close(work, JobOutcome("failed", "internal", type(e).__name__))
         except Exception as e:
             logger.exception("job %d failed", work.ticket.job_id)
             self.close(work, JobOutcome("failed", "internal", type(e).__name__))
