@@ -14,7 +14,10 @@ from typing import Any
 
 logger = logging.getLogger(__name__)
 
-SKIPPABLE = ("http", "dimse", "noexplain", "gradcam", "shap")
+SKIPPABLE = ("http", "dimse", "noexplain", "gradcam", "shap", "scale")
+#: The scale phase's figures in the JSON ``raw`` object (:mod:`node.bench.scale`).
+SCALE_RAW_KEYS = ("scale_1_worker_ips", "scale_1_worker_wall_s", "scale_2_workers_ips",
+                  "scale_2_workers_wall_s", "scale_min_worker_share")
 
 
 @dataclass
@@ -26,6 +29,8 @@ class Options:
     weights_cache: Path | None = None
     images: list[Path] = field(default_factory=list)
     count: int = 32
+    #: images per run of the scale phase (1 worker, then 2)
+    scale_count: int = 64
     clients: int = 4
     batch_size: int = 8
     threads: int | None = None
@@ -44,7 +49,7 @@ class Options:
         unknown = sorted(skip - set(SKIPPABLE))
         if unknown:
             raise ValueError(f"--skip {','.join(unknown)}: use any of {','.join(SKIPPABLE)}")
-        for name in ("count", "clients", "batch_size", "repeat"):
+        for name in ("count", "clients", "batch_size", "repeat", "scale_count"):
             if getattr(args, name) < 1:
                 raise ValueError(f"--{name.replace('_', '-')} must be at least 1")
         if not 0 <= args.min_time <= 600:
@@ -57,7 +62,8 @@ class Options:
         if getattr(args, "onnx_fast_path", None) is not None:
             node_args.append("--onnx-fast-path" if args.onnx_fast_path else "--no-onnx-fast-path")
         return cls(model=str(args.model), card=args.card, weights_cache=args.weights_cache,
-                   images=list(args.images or []), count=args.count, clients=args.clients,
+                   images=list(args.images or []), count=args.count,
+                   scale_count=args.scale_count, clients=args.clients,
                    batch_size=args.batch_size, threads=args.threads, skip=skip,
                    repeat=args.repeat, min_time_s=args.min_time,
                    shap_nsamples=args.shap_nsamples,

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from node.bench.common import Options, Results
+from node.bench.common import SCALE_RAW_KEYS, Options, Results
 
 #: (ratio or figure, comparison, target, what it is).
 TARGETS: tuple[tuple[str, str, float, str], ...] = (
@@ -16,6 +16,8 @@ TARGETS: tuple[tuple[str, str, float, str], ...] = (
     ("gradcam_over_predict", "<=", 3.0, "Grad-CAM / PyTorch forward, 1 image"),
     ("node_peak_rss_mb", "<=", 1500.0, "node peak RSS, MB"),
     ("ready_s", "<=", 10.0, "node start to ready, s (cold)"),
+    ("scale_speedup", ">=", 1.8, "scaled node, 2 workers / 1 worker (model sleeps per batch)"),
+    ("scale_min_worker_share", ">=", 0.3, "scaled node, 2 workers: the smaller share of batches"),
 )
 #: Raw figures in the JSON ``raw`` object, in table order; units in the key (s, ips, mb).
 RAW_KEYS = (
@@ -33,6 +35,7 @@ RAW_KEYS = (
     "score_reference_s",
     "onnx_batch_cpu_s", "model_gradcam_cpu_s", "http_concurrent_node_cpu_s",
     "dimse_gradcam_node_cpu_s", "dimse_none_node_cpu_s",
+    *SCALE_RAW_KEYS,
 )
 
 
@@ -59,6 +62,7 @@ def derive(res: Results) -> dict[str, float | None]:
         "gradcam_over_predict": _div(r.get("gradcam_s"), r.get("torch_single_latency_s")),
         "shap_over_predict": _div(r.get("shap_s"), r.get("torch_single_latency_s")),
         "score_p50_vs_reference": _div(r.get("http_single_p50_s"), r.get("score_reference_s")),
+        "scale_speedup": _div(r.get("scale_2_workers_ips"), r.get("scale_1_worker_ips")),
     }
 
 
@@ -167,6 +171,7 @@ def table(opts: Options, res: Results, ratios: dict[str, float | None],
     ):
         share = _div(r.get(model_key), r.get(key)) if model_key else None
         lines.append(_row(label, fmt_s(r.get(key)), "" if share is None else f"{share:.0%}"))
+    lines += scale_rows(res)
     lines += ["", _row("Targets (reported, never enforced)", "target", "measured", "result")]
     for name, c in checks.items():
         verdict = "-" if c["pass"] is None else "pass" if c["pass"] else "FAIL"
@@ -179,6 +184,25 @@ def table(opts: Options, res: Results, ratios: dict[str, float | None],
     if res.errors:
         lines += ["", "Problems:"] + [f"  {e}" for e in res.errors]
     return "\n".join(lines)
+
+
+def scale_rows(res: Results) -> list[str]:
+    """The scale phase's lines of the table (a note when it was skipped, none when left out)."""
+    r, info = res.raw, res.info.get("scale")
+    if info is None:
+        return []
+    if "skipped" in info:
+        return ["", f"  Scaled node (1 receiver, 1 sender, workers): skipped: {info['skipped']}"]
+    shares = ", ".join(f"{n} {v:.0%}" for n, v in info.get("shares_2_workers", {}).items())
+    return [
+        "",
+        _row(f"Scaled node: model sleeping {info['sleep_s']:g} s per batch of "
+             f"{info['batch_size']}", "wall", "throughput"),
+        _row(f"1 worker, {info['count']} images ({info['rows']}x{info['columns']})",
+             fmt_s(r.get("scale_1_worker_wall_s")), fmt_ips(r.get("scale_1_worker_ips"))),
+        _row(f"2 workers, {info['count']} images", fmt_s(r.get("scale_2_workers_wall_s")),
+             fmt_ips(r.get("scale_2_workers_ips"))),
+    ] + ([f"    batches of the 2-worker run: {shares}"] if shares else [])
 
 
 def report(opts: Options, res: Results) -> tuple[str, dict[str, Any]]:
@@ -195,7 +219,9 @@ def report(opts: Options, res: Results) -> tuple[str, dict[str, Any]]:
         "images": res.info.get("images"),
         "dimse": {k: res.info[k] for k in ("dimse_gradcam", "dimse_none") if k in res.info},
         "node_jobs": res.info.get("node_gradcam_jobs"),
-        "settings": {"count": opts.count, "clients": opts.clients, "batch_size": opts.batch_size,
+        "scale": res.info.get("scale"),
+        "settings": {"count": opts.count, "scale_count": opts.scale_count,
+                     "clients": opts.clients, "batch_size": opts.batch_size,
                      "threads": opts.threads, "repeat": opts.repeat,
                      "shap_nsamples": opts.shap_nsamples, "node_args": opts.node_args,
                      "skipped": sorted(opts.skip)},

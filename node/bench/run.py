@@ -8,7 +8,10 @@ Phases (each may be skipped with ``--skip``, except the model-only forward passe
 * the node as a subprocess (``cxr-node serve`` on free ports of 127.0.0.1, a temporary spool):
   time from launch to ready, HTTP ``/score`` with 1 and ``--clients`` concurrent clients, DIMSE
   C-STORE in and results out to a receiving SCP in this process (Grad-CAM: SR + capture), then
-  a second node with ``--explain none`` (SR only) on the same spool (a warm restart); peak RSS.
+  a second node with ``--explain none`` (SR only) on the same spool (a warm restart); peak RSS;
+* scale (where RabbitMQ and PostgreSQL are installed): a scaled node's roles as processes with
+  a model that sleeps per batch, one worker then two: the speed-up and each worker's share
+  (:mod:`node.bench.scale`).
 
 Prints a table, then, last, one JSON line with the ratios, raw figures and targets. Targets are
 reported (pass/fail), never enforced: the exit status is 1 only when a phase could not run.
@@ -33,6 +36,7 @@ from node.bench.harness import ResultReceiver
 from node.bench.images import BenchImage, collect_images
 from node.bench.model_only import in_worker_thread, load, measure_model
 from node.bench.report import report
+from node.bench.scale import measure_scale
 
 __all__ = ["Options", "run"]
 
@@ -223,6 +227,8 @@ def run(opts: Options) -> int:
             gc.collect()
             if not {"http", "dimse"} <= opts.skip:
                 measure_node(opts, images, res, work)
+        if "scale" not in opts.skip:  # its own model (sleepy): needs nothing above
+            phase(res, "scale", lambda: measure_scale(opts, images, res, work))
     res.info["machine"] = {**machine(), "loadavg_start": load_start,
                            "loadavg_end": [round(x, 2) for x in os.getloadavg()],
                            "steal": steal_share(cpu_start, cpu_times())}

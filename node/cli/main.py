@@ -126,8 +126,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="DICOM CR/DX or PNG radiographs (default: pydicom-data's NEMA CR chest)")
     p.add_argument("--count", type=int, default=32, help="images per end-to-end phase (32)")
     p.add_argument("--clients", type=int, default=4, help="concurrent HTTP clients (4)")
+    p.add_argument("--scale-count", type=int, default=64,
+                   help="images per run of the scale phase, 1 worker then 2 (64)")
     p.add_argument("--skip", action="append", metavar="PHASE[,PHASE]",
-                   help="leave out: http, dimse, noexplain, gradcam, shap")
+                   help="leave out: http, dimse, noexplain, gradcam, shap, scale")
     p.add_argument("--repeat", type=int, default=3, help="timed runs per model-only figure (3)")
     p.add_argument("--min-time", type=float, default=2.0,
                    help="seconds each model-only figure runs at least (2)")
