@@ -18,6 +18,7 @@ from pathlib import Path
 import pika
 import pytest
 
+from node.bench.sleepy import save_sleepy_model
 from node.broker import topology
 from node.broker.messages import JobMessage
 from node.jobs.postgres import PostgresJobRecords
@@ -28,6 +29,8 @@ from system.scaled import Deployment, dcmsend, fingerprint, mixed_radiographs, u
 
 pytestmark = pytest.mark.timeout(900)
 
+SLEEP_PER_BATCH_S = 0.2
+
 
 @pytest.fixture(scope="module")
 def pool(tmp_path_factory, rabbit, postgres, whole_model_path: Path, dcmtk) -> Iterator[Deployment]:
@@ -35,7 +38,10 @@ def pool(tmp_path_factory, rabbit, postgres, whole_model_path: Path, dcmtk) -> I
     destination = Receiver("PACS", free_port(), folder / "pacs").start()
     records = postgres.new_database("scaled")
     env = {"CXR_NODE_BROKER": ",".join(rabbit.urls), "CXR_NODE_RECORDS": records}
-    d = Deployment(folder, whole_model_path, env, records, destination, rabbit)
+    # a model that sleeps per batch, as a GPU would take its time: the two cores are not the
+    # limit of the workers' share
+    model = save_sleepy_model(folder / "sleepy.pt", SLEEP_PER_BATCH_S)
+    d = Deployment(folder, model, env, records, destination, rabbit)
     for name, role in (("worker0", "work"), ("worker1", "work"), ("sender", "send"),
                        ("receiver0", "receive"), ("receiver1", "receive")):
         d.process(name, role)
