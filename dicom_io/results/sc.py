@@ -123,22 +123,40 @@ def overlay(gray: np.ndarray, maxval: int, values: np.ndarray, signed: bool,
 _ROWS = 64
 
 
+def _blend_table(signed: bool) -> np.ndarray:
+    """Every blended colour: row ``level * 256 + grey`` is the RGB (uint8) of the map's
+    ``level`` over the 8-bit ``grey``, computed once in float32 and rounded."""
+    premultiplied, keep = _LUTS[signed]
+    grey = np.arange(256, dtype=np.float32)
+    table = premultiplied[:, None, :] * np.float32(255.0) + (keep[:, None] * grey)[..., None]
+    np.rint(table, out=table)
+    np.clip(table, 0, 255, out=table)
+    return table.astype(np.uint8).reshape(-1, 3)
+
+
+_TABLES = {signed: _blend_table(signed) for signed in (False, True)}
+
+
 def _blend(gray: np.ndarray, maxval: int, values: np.ndarray, signed: bool) -> np.ndarray:
+    """One band: the map's level and the source's 8-bit grey of each pixel index a table of
+    blended colours (one gather, no per-pixel float RGB). Where the map is 0 the result is
+    the source's grey, rounded to 8 bits."""
     low = -1.0 if signed else 0.0
     scale = (_LEVELS[signed] - 1) / (1.0 - low)
     level = np.clip(values, low, 1.0)
     level -= low
     level *= scale
-    index = np.rint(level, out=level).astype(np.uint8)
-    premultiplied, keep = _LUTS[signed]
-    base = gray.astype(np.float32)
-    base *= np.float32(255.0 / maxval)
-    base *= keep[index]
-    rgb = np.take(premultiplied * np.float32(255.0), index, axis=0)  # the same float32 products
-    rgb += base[..., None]
-    np.rint(rgb, out=rgb)
-    np.clip(rgb, 0, 255, out=rgb)
-    return rgb
+    index = np.rint(level, out=level).astype(np.uint16)
+    index <<= 8
+    if maxval == 255 and gray.dtype == np.uint8:
+        index |= gray
+    else:
+        grey = gray.astype(np.float32)
+        grey *= np.float32(255.0 / maxval)
+        np.rint(grey, out=grey)
+        np.clip(grey, 0, 255, out=grey)
+        index |= grey.astype(np.uint16)
+    return np.take(_TABLES[signed], index, axis=0)
 
 
 #: The colour scale of each kind of map as the capture shows it: blended over mid-grey.
@@ -196,7 +214,11 @@ def _jpeg_baseline(sc: SCImage, rgb: np.ndarray) -> float:
     and YBR_FULL_422 says 4:2:2.
     """
     buffer = io.BytesIO()
-    Image.fromarray(rgb).save(buffer, format="JPEG", quality=JPEG_QUALITY, subsampling="4:2:2")
+    rows, columns = rgb.shape[:2]
+    # frombuffer shares the array's memory: no second full-size copy to encode from
+    picture = Image.frombuffer("RGB", (columns, rows), np.ascontiguousarray(rgb), "raw", "RGB",
+                               0, 1)
+    picture.save(buffer, format="JPEG", quality=JPEG_QUALITY, subsampling="4:2:2")
     frame = buffer.getvalue()
     sc.file_meta.TransferSyntaxUID = JPEG_BASELINE
     sc.PhotometricInterpretation = _PHOTOMETRIC[JPEG_BASELINE]
@@ -263,7 +285,10 @@ def build_sc(
     reference = source.for_result()  # its own patient, study and lossy elements (copied below)
     jpeg = transfer_syntax == JPEG_BASELINE
     sc = SCImage(
-        pixel_array=rgb,
+        # JPEG baseline is encoded here (_jpeg_baseline): highdicom gets one pixel, so that
+        # it does not encode (and copy twice) a full frame that is thrown away; Rows and
+        # Columns are the capture's, set below.
+        pixel_array=np.ascontiguousarray(rgb[:1, :1]) if jpeg else rgb,
         photometric_interpretation="RGB" if jpeg else _PHOTOMETRIC[transfer_syntax],
         bits_allocated=8,
         coordinate_system="PATIENT",
@@ -303,6 +328,7 @@ def build_sc(
     )
     sc.SourceImageSequence = [source_image_item(source)]
     if jpeg:
+        sc.Rows, sc.Columns = rgb.shape[:2]
         ratio = _jpeg_baseline(sc, rgb)
         ratios, methods = _source_compression(source) if source.lossy else ([], [])
         sc.LossyImageCompression = "01"
