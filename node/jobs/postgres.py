@@ -2,9 +2,10 @@
 
 :class:`PostgresJobRecords` is :class:`~node.jobs.records.JobRecords` with the semantics of
 :class:`~node.jobs.records.SqliteJobRecords`, for receivers, workers and senders on several
-machines at once. Each method is one short transaction on a connection of a pool
-(``psycopg_pool``), so threads share it. A connection found broken is replaced (a server
-restarted), and while the server cannot be reached a method raises
+machines at once; the queries both share are :class:`~node.jobs.sql.SqlJobRecords`', their
+``?`` placeholders turned into psycopg's ``%s`` here. Each method is one short transaction on
+a connection of a pool (``psycopg_pool``), so threads share it. A connection found broken is
+replaced (a server restarted), and while the server cannot be reached a method raises
 :class:`RecordsUnavailableError` within the pool's timeout instead of hanging: the fronts
 answer "busy, try later" (0xA700 / 503) as for a full disk.
 
@@ -18,7 +19,7 @@ from __future__ import annotations
 import logging
 import time
 import zlib
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any, TypeVar
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
@@ -29,7 +30,8 @@ from psycopg.types.json import Jsonb
 from psycopg_pool import ConnectionPool
 
 from node.core.errors import OutOfResourcesError
-from node.jobs.model import Delivery, JobOutcome, JobRecord, ResultObject, failed_document
+from node.jobs.model import JobOutcome, ResultObject
+from node.jobs.sql import CLOSE_JOB, UPSERT_DELIVERY, Rows, SqlJobRecords
 from node.jobs.sqlite import SchemaError
 
 logger = logging.getLogger(__name__)
@@ -138,26 +140,18 @@ def _migrate(conn: Conn, where: str) -> None:
                          (COMPONENT, SCHEMA_VERSION))
 
 
+def _sql(query: str) -> str:
+    """A statement of :mod:`node.jobs.sql` (``?`` placeholders) in psycopg's ``%s``."""
+    return query.replace("?", "%s")
+
+
 def _lock_key(destination: str, sop_instance_uid: str) -> int:
     """A (destination, UID) pair as a signed 32-bit advisory lock key, the same everywhere."""
     key = zlib.crc32(f"{destination}\0{sop_instance_uid}".encode())
     return key - 2**32 if key >= 2**31 else key
 
 
-def _job(row: DictRow) -> JobRecord:
-    return JobRecord(row["id"], row["key"], row["sop_instance_uid"], row["calling_ae"],
-                     row["origin"], row["state"], row["code"], row["reason"],
-                     dict(row["options"]) if row["options"] else {},
-                     row["created"], row["updated"])
-
-
-def _delivery(row: DictRow) -> Delivery:
-    return Delivery(row["id"], row["job_id"], row["destination"], row["key"],
-                    row["sop_instance_uid"], row["sop_class_uid"], row["transfer_syntax_uid"],
-                    row["state"], row["attempts"], row["reason"])
-
-
-class PostgresJobRecords:
+class PostgresJobRecords(SqlJobRecords):
     """:class:`~node.jobs.records.JobRecords` in PostgreSQL, shared by threads and processes.
 
     ``PostgresJobRecords(url)`` (or :meth:`connect`) reaches the server, creates or migrates
@@ -232,28 +226,24 @@ class PostgresJobRecords:
         raise AssertionError("unreachable")
 
     def _rows(self, query: str, args: Sequence[Any] = ()) -> list[DictRow]:
-        return self._transaction(lambda c: c.execute(query, args).fetchall())
+        return self._transaction(lambda c: c.execute(_sql(query), args).fetchall())
 
     def _update(self, query: str, args: Sequence[Any] = ()) -> int:
-        return self._transaction(lambda c: c.execute(query, args).rowcount)
+        return self._transaction(lambda c: c.execute(_sql(query), args).rowcount)
 
-    def open(self, key: str | None, sop_instance_uid: str | None, calling_ae: str | None,
-             origin: str, options: dict[str, Any] | None = None,
-             outcome: JobOutcome | None = None) -> int:
-        now = time.time()
-        state, code, reason = ("queued", None, None) if outcome is None else (
-            outcome.state, outcome.code, outcome.reason)
-        [row] = self._rows(
-            "INSERT INTO jobs(key, sop_instance_uid, calling_ae, origin, options, state, code,"
-            " reason, created, updated) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s)"
-            " RETURNING id",
-            (key, sop_instance_uid, calling_ae, origin, Jsonb(options) if options else None,
-             state, code, reason, now, now))
+    def _ids(self, ids: Iterable[int]) -> tuple[str, list[Any]]:
+        return "id = ANY(?)", [list(ids)]
+
+    def _read(self, work: Callable[[Rows], T]) -> T:
+        return self._transaction(
+            lambda c: work(lambda query, args: c.execute(_sql(query), args).fetchall()))
+
+    def _insert(self, query: str, args: Sequence[Any]) -> int:
+        [row] = self._rows(query + " RETURNING id", args)
         return int(row["id"])
 
-    def started(self, job_ids: Sequence[int]) -> None:
-        self._update("UPDATE jobs SET state='processing', updated=%s WHERE id = ANY(%s)"
-                     " AND state='queued'", (time.time(), list(job_ids)))
+    def _json(self, value: dict[str, Any]) -> Jsonb:
+        return Jsonb(value)
 
     def close(self, job_id: int, outcome: JobOutcome,
               deliveries: Sequence[tuple[str, ResultObject]] = ()) -> None:
@@ -268,100 +258,9 @@ class PostgresJobRecords:
         def work(c: Conn) -> None:
             if locks:
                 c.cursor().executemany("SELECT pg_advisory_xact_lock(%s, %s)", locks)
-            c.execute("UPDATE jobs SET state=%s, code=%s, reason=%s, updated=%s WHERE id=%s",
+            c.execute(_sql(CLOSE_JOB),
                       (outcome.state, outcome.code, outcome.reason, now, job_id))
             if rows:
-                # a re-sent source gives the same result UIDs: deliver again, no new row
-                c.cursor().executemany(
-                    "INSERT INTO deliveries(job_id, destination, key, sop_instance_uid,"
-                    " sop_class_uid, transfer_syntax_uid, state, next_try, updated)"
-                    " VALUES (%s, %s, %s, %s, %s, %s, 'pending', %s, %s)"
-                    " ON CONFLICT(destination, sop_instance_uid) DO UPDATE SET"
-                    " job_id=excluded.job_id, key=excluded.key,"
-                    " sop_class_uid=excluded.sop_class_uid,"
-                    " transfer_syntax_uid=excluded.transfer_syntax_uid, state='pending',"
-                    " attempts=0, next_try=excluded.next_try, reason=NULL,"
-                    " updated=excluded.updated", rows)
+                c.cursor().executemany(_sql(UPSERT_DELIVERY), rows)
 
         self._transaction(work)
-
-    def requeued(self, job_id: int, reason: str) -> None:
-        self._update("UPDATE jobs SET state='queued', reason=%s, updated=%s WHERE id=%s",
-                     (reason, time.time(), job_id))
-
-    def job(self, job_id: int) -> JobRecord | None:
-        rows = self._rows("SELECT * FROM jobs WHERE id=%s", (job_id,))
-        return _job(rows[0]) if rows else None
-
-    def open_jobs(self) -> list[JobRecord]:
-        return [_job(r) for r in self._rows("SELECT * FROM jobs WHERE state IN"
-                                            " ('queued', 'processing') ORDER BY id")]
-
-    def known_keys(self) -> set[str]:
-        return {r["key"] for r in self._rows("SELECT key FROM jobs WHERE key IS NOT NULL")}
-
-    def due_deliveries(self, now: float, limit: int) -> list[Delivery]:
-        return [_delivery(r) for r in self._rows(
-            "SELECT * FROM deliveries WHERE state='pending' AND next_try<=%s"
-            " ORDER BY next_try, id LIMIT %s", (now, limit))]
-
-    def delivered(self, delivery_id: int) -> None:
-        self._update("UPDATE deliveries SET state='sent', attempts=attempts+1, reason=NULL,"
-                     " updated=%s WHERE id=%s", (time.time(), delivery_id))
-
-    def delivery_failed(self, delivery_id: int, reason: str, next_try: float | None) -> None:
-        state = "failed" if next_try is None else "pending"
-        self._update("UPDATE deliveries SET state=%s, attempts=attempts+1, reason=%s,"
-                     " next_try=%s, updated=%s WHERE id=%s",
-                     (state, reason, next_try or 0, time.time(), delivery_id))
-
-    def unsent_deliveries(self, job_id: int) -> int:
-        return int(self._rows("SELECT COUNT(*) AS n FROM deliveries WHERE job_id=%s AND"
-                              " state!='sent'", (job_id,))[0]["n"])
-
-    def key_needed(self, key: str) -> bool:
-        return bool(self._rows("SELECT 1 FROM deliveries WHERE key=%s AND state!='sent'"
-                               " LIMIT 1", (key,)))
-
-    def resend_failed(self, ids: Sequence[int] | None = None) -> int:
-        now = time.time()
-        query = ("UPDATE deliveries SET state='pending', attempts=0, next_try=%s, updated=%s"
-                 " WHERE state='failed'")
-        args: list[Any] = [now, now]
-        if ids:
-            query += " AND id = ANY(%s)"
-            args.append(list(ids))
-        return self._update(query, args)
-
-    def deliveries_of(self, job_id: int) -> list[Delivery]:
-        return [_delivery(r) for r in self._rows(
-            "SELECT * FROM deliveries WHERE job_id=%s ORDER BY id", (job_id,))]
-
-    def failed_deliveries(self, ids: Sequence[int] | None = None) -> list[Delivery]:
-        query = "SELECT * FROM deliveries WHERE state='failed'"
-        args: list[list[int]] = []
-        if ids:
-            query += " AND id = ANY(%s)"
-            args = [list(ids)]
-        return [_delivery(r) for r in self._rows(query + " ORDER BY id", args)]
-
-    @staticmethod
-    def _counts(c: Conn) -> dict[str, int]:
-        out = {f"jobs_{r['state']}": r["n"] for r in
-               c.execute("SELECT state, COUNT(*) AS n FROM jobs GROUP BY state")}
-        out.update({f"deliveries_{r['state']}": r["n"] for r in
-                    c.execute("SELECT state, COUNT(*) AS n FROM deliveries GROUP BY state")})
-        return out
-
-    def counts(self) -> dict[str, int]:
-        return self._transaction(self._counts)
-
-    def failed_document(self) -> dict[str, Any]:
-        def work(c: Conn) -> dict[str, Any]:
-            jobs = [_job(r) for r in c.execute("SELECT * FROM jobs WHERE state IN"
-                                               " ('failed', 'skipped') ORDER BY id")]
-            deliveries = [_delivery(r) for r in c.execute(
-                "SELECT * FROM deliveries WHERE state='failed' ORDER BY id")]
-            return failed_document(self._counts(c), jobs, deliveries)
-
-        return self._transaction(work)
