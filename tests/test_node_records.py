@@ -114,6 +114,21 @@ def test_closing_twice_keeps_one_delivery_per_destination_and_uid_pending_again(
     assert records.counts() == {"jobs_done": 2, "deliveries_pending": 3}
 
 
+def test_a_repeat_of_the_same_job_leaves_what_was_sent_alone(records: JobRecords) -> None:
+    """A job handed out twice (a worker's acknowledgement lost) is closed twice: what the
+    first close's deliveries already sent stays sent (its file may be deleted by now);
+    what was not sent is pending again."""
+    job = records.open("inbox/2.dcm", "1.2.4", None, "dimse")
+    both = [("PACS", result("9.3")), ("VIEWER", result("9.3"))]
+    records.close(job, JobOutcome.done(), both)
+    sent, failed = records.deliveries_of(job)
+    records.delivered(sent.id)
+    records.delivery_failed(failed.id, "refused", None)
+    records.close(job, JobOutcome.done(), both)
+    assert [(d.state, d.attempts) for d in records.deliveries_of(job)] == [
+        ("sent", 1), ("pending", 0)]
+
+
 def test_due_deliveries_come_by_next_try_then_id_and_wait_for_their_time(records) -> None:
     job = records.open("inbox/1.dcm", "1", None, "dimse")
     records.close(job, JobOutcome.done(), [("A", result("1")), ("A", result("2")),

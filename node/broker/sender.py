@@ -83,6 +83,9 @@ class BrokerSender(Sender):
             try:
                 self.store.local_path(msg.key).stat()
             except (FileNotFoundError, ValueError) as e:
+                # recorded failed, so that `cxr-node jobs` shows it (not pending for ever)
+                self.records.delivery_failed(msg.delivery_id, "its result object is gone from "
+                                             "the store", None)
                 dead_letter(self.publisher, self.consumer, m,
                             f"missing-object: {msg.key}: {type(e).__name__}")
                 continue

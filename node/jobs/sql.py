@@ -46,7 +46,10 @@ UPSERT_DELIVERY = (
     " sop_class_uid=excluded.sop_class_uid,"
     " transfer_syntax_uid=excluded.transfer_syntax_uid, state='pending',"
     " attempts=0, next_try=excluded.next_try, reason=NULL,"
-    " updated=excluded.updated")
+    " updated=excluded.updated"
+    # the same job closed again (a repeat: its message handed out twice) leaves what was
+    # sent alone; another job with the same result UIDs (the source sent again) sends again
+    " WHERE deliveries.job_id != excluded.job_id OR deliveries.state != 'sent'")
 
 
 def job_record(row: Row) -> JobRecord:
