@@ -8,16 +8,23 @@ import logging
 import math
 import sys
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 logger = logging.getLogger(__name__)
 
-SKIPPABLE = ("http", "dimse", "noexplain", "gradcam", "shap", "scale")
+SKIPPABLE = ("http", "dimse", "noexplain", "gradcam", "shap", "scale", "baseline")
 #: The scale phase's figures in the JSON ``raw`` object (:mod:`node.bench.scale`).
 SCALE_RAW_KEYS = ("scale_1_worker_ips", "scale_1_worker_wall_s", "scale_2_workers_ips",
                   "scale_2_workers_wall_s", "scale_min_worker_share")
+#: The baseline phase's figures (:mod:`node.bench.baseline`): the naive script, then
+#: deploy/score.py, under azmlinfsrv.
+BASELINE_RAW_KEYS = tuple(f"{name}_{key}" for name in ("baseline", "deploy") for key in (
+    "ready_s", "single_ips", "single_p50_s", "single_p95_s", "concurrent_ips",
+    "concurrent_p50_s", "concurrent_p95_s"))
+#: End-to-end requests per phase when ``--count`` is not given: the image set once, at least.
+DEFAULT_COUNT = 32
 
 
 @dataclass
@@ -28,7 +35,11 @@ class Options:
     card: Path | None = None
     weights_cache: Path | None = None
     images: list[Path] = field(default_factory=list)
-    count: int = 32
+    #: where the default image set is made once (None: ``~/.cache/cxr-node/bench-images``)
+    image_cache: Path | None = None
+    #: images per end-to-end phase; 0: the image set's size, at least DEFAULT_COUNT
+    #: (:meth:`for_images`)
+    count: int = 0
     #: images per run of the scale phase (1 worker, then 2)
     scale_count: int = 64
     clients: int = 4
@@ -50,7 +61,7 @@ class Options:
         if unknown:
             raise ValueError(f"--skip {','.join(unknown)}: use any of {','.join(SKIPPABLE)}")
         for name in ("count", "clients", "batch_size", "repeat", "scale_count"):
-            if getattr(args, name) < 1:
+            if getattr(args, name) is not None and getattr(args, name) < 1:
                 raise ValueError(f"--{name.replace('_', '-')} must be at least 1")
         if not 0 <= args.min_time <= 600:
             raise ValueError(f"--min-time {args.min_time}: use 0 to 600 seconds")
@@ -62,12 +73,18 @@ class Options:
         if getattr(args, "onnx_fast_path", None) is not None:
             node_args.append("--onnx-fast-path" if args.onnx_fast_path else "--no-onnx-fast-path")
         return cls(model=str(args.model), card=args.card, weights_cache=args.weights_cache,
-                   images=list(args.images or []), count=args.count,
+                   images=list(args.images or []), image_cache=args.image_cache,
+                   count=args.count or 0,
                    scale_count=args.scale_count, clients=args.clients,
                    batch_size=args.batch_size, threads=args.threads, skip=skip,
                    repeat=args.repeat, min_time_s=args.min_time,
                    shap_nsamples=args.shap_nsamples,
                    timeout_s=args.timeout, node_args=node_args, json_only=args.json_only)
+
+    def for_images(self, distinct: int) -> Options:
+        """These options with ``count`` settled: as given, else every image of the set once
+        (at least :data:`DEFAULT_COUNT`), so that every encoding is sent."""
+        return self if self.count else replace(self, count=max(DEFAULT_COUNT, distinct))
 
 
 @dataclass

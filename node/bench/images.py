@@ -1,11 +1,15 @@
-"""The radiographs ``cxr-node bench`` sends: DICOM files as they are, PNGs wrapped as DX, by
-default pydicom-data's NEMA CR chest."""
+"""The radiographs ``cxr-node bench`` sends: ``--images`` (DICOM files as they are, PNGs wrapped
+as DX) or, by default, the mixed set of :mod:`node.bench.image_set` (the encodings a PACS
+sends); and, apart, the uncompressed NEMA CR on which the node's own cost per image is judged
+(:attr:`ImageSet.overhead`)."""
 
 from __future__ import annotations
 
+import io
 import logging
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from collections import Counter
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -57,8 +61,6 @@ def _png_dataset(path: Path) -> Any:
 
 
 def _encode(ds: Any) -> bytes:
-    import io
-
     import pydicom
 
     buffer = io.BytesIO()
@@ -80,14 +82,71 @@ def _files(paths: Iterable[Path]) -> list[Path]:
 
 
 def default_image() -> Path:
-    """pydicom-data's NEMA CR chest (1955 x 1841, MONOCHROME1)."""
-    from pydicom.data import get_testdata_file
+    """pydicom-data's NEMA CR chest (1955 x 1841, MONOCHROME1, uncompressed)."""
+    from node.bench.image_set import nema_file
 
-    found = get_testdata_file(CR_TEST_FILE, download=False)
+    found = nema_file(CR_TEST_FILE)
     if not found:
         raise ValueError(f"no --images given and {CR_TEST_FILE} is not available: "
                          "install pydicom-data or pass --images")
-    return Path(str(found))
+    return found
+
+
+@dataclass
+class ImageSet:
+    """The radiographs every phase sends, what they are, and the overhead image."""
+
+    images: list[BenchImage]
+    #: count per transfer syntax, photometric interpretation, modality, bits allocated, ...
+    info: dict[str, Any] = field(default_factory=dict)
+    #: The uncompressed NEMA CR (1955 x 1841): the image the node's own cost per image is
+    #: judged on (issue #17's first target), None when pydicom-data is not installed.
+    overhead: BenchImage | None = None
+
+
+def overhead_image() -> BenchImage | None:
+    """The uncompressed NEMA CR as a :class:`BenchImage`, or None without pydicom-data."""
+    from node.bench.image_set import nema_file
+
+    path = nema_file(CR_TEST_FILE)
+    return None if path is None else BenchImage(path.name, path.read_bytes())
+
+
+def describe(images: Sequence[BenchImage]) -> dict[str, Any]:
+    """How many of the images are in each transfer syntax, photometric interpretation,
+    modality and sample size (read from their headers)."""
+    import pydicom
+
+    counts: dict[str, Counter[str]] = {k: Counter() for k in (
+        "transfer_syntaxes", "photometric", "modality", "bits_allocated")}
+    for image in images:
+        ds = pydicom.dcmread(io.BytesIO(image.data), stop_before_pixels=True)
+        counts["transfer_syntaxes"][pydicom.uid.UID(ds.file_meta.TransferSyntaxUID).name] += 1
+        counts["photometric"][str(ds.get("PhotometricInterpretation", "?"))] += 1
+        counts["modality"][str(ds.get("Modality", "?"))] += 1
+        counts["bits_allocated"][str(ds.get("BitsAllocated", "?"))] += 1
+    return {"count": len(images), "mb": round(sum(len(i.data) for i in images) / 1e6, 1),
+            **{k: dict(sorted(c.items())) for k, c in counts.items()}}
+
+
+def bench_images(paths: Sequence[Path], cache: Path | None = None,
+                 progress: Callable[[str], None] = logger.info) -> ImageSet:
+    """``--images`` when given, else the default mixed set (made once into ``cache``)."""
+    from node.bench import image_set
+
+    if paths:
+        images = collect_images(paths)
+        info: dict[str, Any] = {"source": "--images"}
+    else:
+        files, manifest = image_set.default_set(cache, progress=progress)
+        images = [BenchImage(f.name, f.read_bytes()) for f in files]
+        info = {"source": "default", "folder": str(files[0].parent) if files else None,
+                "left_out": manifest.get("left_out", []),
+                "made_by": dict(Counter(i["made_by"] for i in manifest["images"]))}
+    info.update(describe(images))
+    overhead = overhead_image()
+    info["overhead_image"] = None if overhead is None else overhead.name
+    return ImageSet(images, info, overhead)
 
 
 def collect_images(paths: Sequence[Path]) -> list[BenchImage]:

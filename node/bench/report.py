@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from node.bench.common import SCALE_RAW_KEYS, Options, Results
+from node.bench.common import BASELINE_RAW_KEYS, SCALE_RAW_KEYS, Options, Results
 
 #: (ratio or figure, comparison, target, what it is).
 TARGETS: tuple[tuple[str, str, float, str], ...] = (
@@ -18,6 +18,9 @@ TARGETS: tuple[tuple[str, str, float, str], ...] = (
     ("ready_s", "<=", 10.0, "node start to ready, s (cold)"),
     ("scale_speedup", ">=", 1.8, "scaled node, 2 workers / 1 worker (model sleeps per batch)"),
     ("scale_min_worker_share", ">=", 0.3, "scaled node, 2 workers: the smaller share of batches"),
+    ("node_vs_baseline", ">=", 3.0, "node /score, N clients / naive script under azmlinfsrv"),
+    ("deploy_vs_baseline", ">=", 2.0, "deploy/score.py, N clients / naive script, both azmlinfsrv"),
+    ("p50_vs_baseline", "<=", 0.35, "node /score p50, 1 client / naive script's p50"),
 )
 #: Raw figures in the JSON ``raw`` object, in table order; units in the key (s, ips, mb).
 RAW_KEYS = (
@@ -35,7 +38,7 @@ RAW_KEYS = (
     "score_reference_s",
     "onnx_batch_cpu_s", "model_gradcam_cpu_s", "http_concurrent_node_cpu_s",
     "dimse_gradcam_node_cpu_s", "dimse_none_node_cpu_s",
-    *SCALE_RAW_KEYS,
+    *SCALE_RAW_KEYS, *BASELINE_RAW_KEYS,
 )
 
 
@@ -63,6 +66,10 @@ def derive(res: Results) -> dict[str, float | None]:
         "shap_over_predict": _div(r.get("shap_s"), r.get("torch_single_latency_s")),
         "score_p50_vs_reference": _div(r.get("http_single_p50_s"), r.get("score_reference_s")),
         "scale_speedup": _div(r.get("scale_2_workers_ips"), r.get("scale_1_worker_ips")),
+        "node_vs_baseline": _div(r.get("http_concurrent_ips"), r.get("baseline_concurrent_ips")),
+        "deploy_vs_baseline": _div(r.get("deploy_concurrent_ips"),
+                                   r.get("baseline_concurrent_ips")),
+        "p50_vs_baseline": _div(r.get("http_single_p50_s"), r.get("baseline_single_p50_s")),
     }
 
 
@@ -105,6 +112,7 @@ def table(opts: Options, res: Results, ratios: dict[str, float | None],
     r, info = res.raw, res.info
     model = info.get("model", {})
     images = info.get("images", {})
+    image_set = info.get("image_set", {})
     m = info.get("machine", {})
     b = opts.batch_size
     lines = [
@@ -117,6 +125,10 @@ def table(opts: Options, res: Results, ratios: dict[str, float | None],
         f"{m.get('torch_threads', '?')} thread(s); load average {m.get('loadavg_start', ['?'])[0]}"
         f" -> {m.get('loadavg_end', ['?'])[0]}"
         + ("" if m.get("steal") is None else f"; CPU stolen by the host {m['steal']:.0%}"),
+        f"image set ({image_set.get('source', '?')}): " + "; ".join(
+            ", ".join(f"{n} {k}{unit}" for k, n in image_set.get(part, {}).items())
+            for part, unit in (("transfer_syntaxes", ""), ("photometric", ""),
+                               ("modality", ""), ("bits_allocated", "-bit"))),
         "",
         _row("Model only (bench process, same inputs)", "latency", "throughput"),
         _row("decode (parse + VOI), 1 image", fmt_s(r.get("decode_s")), ""),
@@ -171,6 +183,7 @@ def table(opts: Options, res: Results, ratios: dict[str, float | None],
     ):
         share = _div(r.get(model_key), r.get(key)) if model_key else None
         lines.append(_row(label, fmt_s(r.get(key)), "" if share is None else f"{share:.0%}"))
+    lines += baseline_rows(opts, res)
     lines += scale_rows(res)
     lines += ["", _row("Targets (reported, never enforced)", "target", "measured", "result")]
     for name, c in checks.items():
@@ -184,6 +197,27 @@ def table(opts: Options, res: Results, ratios: dict[str, float | None],
     if res.errors:
         lines += ["", "Problems:"] + [f"  {e}" for e in res.errors]
     return "\n".join(lines)
+
+
+def baseline_rows(opts: Options, res: Results) -> list[str]:
+    """The baseline phase's lines (a note when it was skipped, none when left out)."""
+    r, info = res.raw, res.info.get("baseline")
+    if info is None:
+        return []
+    if "skipped" in info:
+        return ["", f"  Naive service under azmlinfsrv: skipped: {info['skipped']}"]
+    settings = " ".join(f"{k}={v}" for k, v in info.get("deploy_settings", {}).items()
+                        if k in ("WORKER_COUNT", "GUNICORN_CMD_ARGS"))
+    lines = ["", _row("Against a naive service (azmlinfsrv, same images)", "p50",
+                      "throughput", "p95")]
+    for name, label in (("baseline", "naive script, WORKER_COUNT=1"),
+                        ("deploy", f"deploy/score.py, {settings or 'Dockerfile settings'}")):
+        for key, clients in (("single", 1), ("concurrent", opts.clients)):
+            lines.append(_row(f"{label}, {clients} client(s)",
+                              fmt_s(r.get(f"{name}_{key}_p50_s")),
+                              fmt_ips(r.get(f"{name}_{key}_ips")),
+                              fmt_s(r.get(f"{name}_{key}_p95_s"))))
+    return lines
 
 
 def scale_rows(res: Results) -> list[str]:
@@ -217,6 +251,8 @@ def report(opts: Options, res: Results) -> tuple[str, dict[str, Any]]:
         "model": res.info.get("model"),
         "node_backend": res.info.get("node_backend"),
         "images": res.info.get("images"),
+        "image_set": res.info.get("image_set"),
+        "baseline": res.info.get("baseline"),
         "dimse": {k: res.info[k] for k in ("dimse_gradcam", "dimse_none") if k in res.info},
         "node_jobs": res.info.get("node_gradcam_jobs"),
         "scale": res.info.get("scale"),

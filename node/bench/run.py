@@ -9,9 +9,16 @@ Phases (each may be skipped with ``--skip``, except the model-only forward passe
   time from launch to ready, HTTP ``/score`` with 1 and ``--clients`` concurrent clients, DIMSE
   C-STORE in and results out to a receiving SCP in this process (Grad-CAM: SR + capture), then
   a second node with ``--explain none`` (SR only) on the same spool (a warm restart); peak RSS;
+* baseline (where azmlinfsrv is installed): a naive scoring script under the Azure ML inference
+  server, then ``deploy/score.py`` under it, on the same images with 1 and ``--clients``
+  clients: the node's and the deployment's speed against what a user would otherwise write
+  (:mod:`node.bench.baseline`);
 * scale (where RabbitMQ and PostgreSQL are installed): a scaled node's roles as processes with
   a model that sleeps per batch, one worker then two: the speed-up and each worker's share
   (:mod:`node.bench.scale`).
+
+The images: ``--images``, else a mixed set in the encodings a PACS sends, made once into a
+cache (:mod:`node.bench.image_set`); every end-to-end phase sends the same bodies in turn.
 
 Prints a table, then, last, one JSON line with the ratios, raw figures and targets. Targets are
 reported (pass/fail), never enforced: the exit status is 1 only when a phase could not run.
@@ -30,10 +37,11 @@ import time
 from pathlib import Path
 from typing import Any
 
+from node.bench.baseline import measure_baseline
 from node.bench.common import Options, Results, phase, progress
 from node.bench.e2e import MeasuredNode, class_names, dimse_send, http_load
 from node.bench.harness import ResultReceiver
-from node.bench.images import BenchImage, collect_images
+from node.bench.images import BenchImage, bench_images
 from node.bench.model_only import in_worker_thread, load, measure_model
 from node.bench.report import report
 from node.bench.scale import measure_scale
@@ -217,7 +225,10 @@ def run(opts: Options) -> int:
     started = time.perf_counter()
     load_start = [round(x, 2) for x in os.getloadavg()]
     cpu_start = cpu_times()
-    images = collect_images(opts.images)
+    image_set = bench_images(opts.images, opts.image_cache, progress)
+    images = image_set.images
+    res.info["image_set"] = image_set.info
+    opts = opts.for_images(len(images))
     model = load(opts)
     with tempfile.TemporaryDirectory(prefix="cxr-node-bench-") as tmp:
         work = Path(tmp)
@@ -227,6 +238,8 @@ def run(opts: Options) -> int:
             gc.collect()
             if not {"http", "dimse"} <= opts.skip:
                 measure_node(opts, images, res, work)
+            if "baseline" not in opts.skip:  # after the node: neither shares the machine
+                phase(res, "baseline", lambda: measure_baseline(opts, images, res, work))
         if "scale" not in opts.skip:  # its own model (sleepy): needs nothing above
             phase(res, "scale", lambda: measure_scale(opts, images, res, work))
     res.info["machine"] = {**machine(), "loadavg_start": load_start,

@@ -120,16 +120,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_demo_model)
 
     p = sub.add_parser("bench", help="measure this machine: model only, HTTP /score and DIMSE "
-                                     "end to end, explanations, memory, start time")
+                                     "end to end, explanations, memory, start time, against a "
+                                     "naive scoring service")
     _add_model_args(p)
     p.add_argument("--images", nargs="+", type=Path, metavar="DIR_OR_FILE",
-                   help="DICOM CR/DX or PNG radiographs (default: pydicom-data's NEMA CR chest)")
-    p.add_argument("--count", type=int, default=32, help="images per end-to-end phase (32)")
+                   help="DICOM CR/DX or PNG radiographs (default: a mixed set as a PACS sends "
+                        "them, made once from pydicom-data's NEMA CR and ../shared/data/cxr14 "
+                        "in the common encodings)")
+    p.add_argument("--image-cache", type=Path, metavar="DIR",
+                   help="where the default image set is made once "
+                        "(~/.cache/cxr-node/bench-images)")
+    p.add_argument("--count", type=int,
+                   help="images per end-to-end phase (default: the image set once, at least 32)")
     p.add_argument("--clients", type=int, default=4, help="concurrent HTTP clients (4)")
     p.add_argument("--scale-count", type=int, default=64,
                    help="images per run of the scale phase, 1 worker then 2 (64)")
     p.add_argument("--skip", action="append", metavar="PHASE[,PHASE]",
-                   help="leave out: http, dimse, noexplain, gradcam, shap, scale")
+                   help="leave out: http, dimse, noexplain, gradcam, shap, scale, baseline")
     p.add_argument("--repeat", type=int, default=3, help="timed runs per model-only figure (3)")
     p.add_argument("--min-time", type=float, default=2.0,
                    help="seconds each model-only figure runs at least (2)")
