@@ -14,7 +14,8 @@ from typing import Any
 
 logger = logging.getLogger(__name__)
 
-SKIPPABLE = ("http", "dimse", "noexplain", "gradcam", "shap", "scale", "baseline")
+SKIPPABLE = ("http", "dimse", "noexplain", "gradcam", "shap", "scale", "baseline",
+             "overhead")
 #: The scale phase's figures in the JSON ``raw`` object (:mod:`node.bench.scale`).
 SCALE_RAW_KEYS = ("scale_1_worker_ips", "scale_1_worker_wall_s", "scale_2_workers_ips",
                   "scale_2_workers_wall_s", "scale_min_worker_share")

@@ -6,6 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 from node.bench.common import BASELINE_RAW_KEYS, SCALE_RAW_KEYS, Options, Results
+from node.bench.overhead import OVERHEAD_RAW_KEYS
 
 #: (ratio or figure, comparison, target, what it is).
 TARGETS: tuple[tuple[str, str, float, str], ...] = (
@@ -38,7 +39,7 @@ RAW_KEYS = (
     "score_reference_s",
     "onnx_batch_cpu_s", "model_gradcam_cpu_s", "http_concurrent_node_cpu_s",
     "dimse_gradcam_node_cpu_s", "dimse_none_node_cpu_s",
-    *SCALE_RAW_KEYS, *BASELINE_RAW_KEYS,
+    *SCALE_RAW_KEYS, *BASELINE_RAW_KEYS, *OVERHEAD_RAW_KEYS,
 )
 
 
@@ -185,6 +186,7 @@ def table(opts: Options, res: Results, ratios: dict[str, float | None],
         lines.append(_row(label, fmt_s(r.get(key)), "" if share is None else f"{share:.0%}"))
     lines += baseline_rows(opts, res)
     lines += scale_rows(res)
+    lines += overhead_rows(res)
     lines += ["", _row("Targets (reported, never enforced)", "target", "measured", "result")]
     for name, c in checks.items():
         verdict = "-" if c["pass"] is None else "pass" if c["pass"] else "FAIL"
@@ -237,6 +239,16 @@ def scale_rows(res: Results) -> list[str]:
         _row(f"2 workers, {info['count']} images", fmt_s(r.get("scale_2_workers_wall_s")),
              fmt_ips(r.get("scale_2_workers_ips"))),
     ] + ([f"    batches of the 2-worker run: {shares}"] if shares else [])
+
+
+def overhead_rows(res: Results) -> list[str]:
+    """The node's own steps, each alone on the uncompressed NEMA CR (none when left out)."""
+    steps = [(k, res.raw.get(k)) for k in OVERHEAD_RAW_KEYS if res.raw.get(k) is not None]
+    if not steps:
+        return []
+    return ["", _row("Node's own steps, each alone (NEMA CR)", "CPU/image")] + [
+        _row(k.removeprefix("overhead_").removesuffix("_ms").replace("_", " "), f"{v:.1f} ms")
+        for k, v in steps]
 
 
 def report(opts: Options, res: Results) -> tuple[str, dict[str, Any]]:

@@ -43,6 +43,7 @@ from node.bench.e2e import MeasuredNode, class_names, dimse_send, http_load
 from node.bench.harness import ResultReceiver
 from node.bench.images import BenchImage, bench_images
 from node.bench.model_only import in_worker_thread, load, measure_model
+from node.bench.overhead import measure_overhead
 from node.bench.report import report
 from node.bench.scale import measure_scale
 
@@ -234,6 +235,10 @@ def run(opts: Options) -> int:
         work = Path(tmp)
         if phase(res, "model only", lambda: in_worker_thread(
                 lambda: measure_model(opts, model, images, res, work))):
+            overhead = image_set.overhead
+            if "overhead" not in opts.skip and overhead is not None:
+                phase(res, "overhead", lambda: in_worker_thread(
+                    lambda: measure_overhead(model, overhead.data, res)))
             del model  # the node's figures should not share the machine with it
             gc.collect()
             if not {"http", "dimse"} <= opts.skip:

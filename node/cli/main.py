@@ -136,7 +136,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--scale-count", type=int, default=64,
                    help="images per run of the scale phase, 1 worker then 2 (64)")
     p.add_argument("--skip", action="append", metavar="PHASE[,PHASE]",
-                   help="leave out: http, dimse, noexplain, gradcam, shap, scale, baseline")
+                   help="leave out: http, dimse, noexplain, gradcam, shap, scale, baseline, "
+                        "overhead")
     p.add_argument("--repeat", type=int, default=3, help="timed runs per model-only figure (3)")
     p.add_argument("--min-time", type=float, default=2.0,
                    help="seconds each model-only figure runs at least (2)")
