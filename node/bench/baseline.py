@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import contextlib
 import http.client
-import json
 import logging
 import os
 import re
@@ -40,7 +39,7 @@ from typing import Any
 
 from node.bench.common import Options, Results, phase, progress
 from node.bench.e2e import http_load
-from node.bench.harness import free_port, wait_until
+from node.bench.harness import free_port, http_json, wait_until
 from node.bench.images import BenchImage
 from node.bench.rabbit import WATCHDOG
 
@@ -155,18 +154,8 @@ class AzureServer:
 
     def post(self, body: bytes, timeout: float) -> tuple[int, Any]:
         """One ``POST /score``: status and JSON answer."""
-        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=timeout)
-        try:
-            conn.request("POST", "/score", body=body,
-                         headers={"Content-Type": "application/dicom"})
-            response = conn.getresponse()
-            text = response.read()
-        finally:
-            conn.close()
-        try:
-            return response.status, json.loads(text)
-        except ValueError:
-            return response.status, text[:300].decode(errors="replace")
+        return http_json(self.port, "POST", "/score", body,
+                         {"Content-Type": "application/dicom"}, timeout)
 
     def stop(self, timeout: float = 20) -> None:
         """SIGINT to the group (gunicorn's quick shutdown), then SIGKILL past ``timeout``."""

@@ -21,7 +21,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import ClassVar, TypeVar
+from typing import Any, ClassVar, TypeVar
 
 logger = logging.getLogger(__name__)
 
@@ -98,6 +98,23 @@ def cxr_node() -> list[str]:
     to it (as a user runs it), else the module."""
     script = Path(sys.executable).with_name("cxr-node")
     return [str(script)] if script.is_file() else [sys.executable, "-m", "node.cli.main"]
+
+
+def http_json(port: int, method: str, path: str, body: bytes | None = None,
+              headers: dict[str, str] | None = None, timeout: float = 30) -> tuple[int, Any]:
+    """One request to 127.0.0.1:``port``: the status and the JSON answer (or, when it is
+    not JSON, its first 300 characters)."""
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
+    try:
+        conn.request(method, path, body=body, headers=headers or {})
+        response = conn.getresponse()
+        text = response.read()
+    finally:
+        conn.close()
+    try:
+        return response.status, json.loads(text)
+    except ValueError:
+        return response.status, text[:300].decode(errors="replace")
 
 
 @dataclass
@@ -202,17 +219,9 @@ class NodeProcess:
 
     def get(self, path: str, timeout: float = 30) -> tuple[int, dict]:
         """``GET`` on the HTTP front: the status and the JSON body (or its first bytes)."""
-        conn = http.client.HTTPConnection("127.0.0.1", self.http_port, timeout=timeout)
-        try:
-            conn.request("GET", path, headers=self.headers())
-            response = conn.getresponse()
-            text = response.read()
-        finally:
-            conn.close()
-        try:
-            return response.status, json.loads(text)
-        except ValueError:
-            return response.status, {"text": text[:200].decode(errors="replace")}
+        status, body = http_json(self.http_port, "GET", path, headers=self.headers(),
+                                 timeout=timeout)
+        return status, body if isinstance(body, dict) else {"text": body}
 
     def counts(self) -> dict[str, int]:
         status, body = self.get("/jobs")
