@@ -16,8 +16,10 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import NamedTuple
 
@@ -34,6 +36,7 @@ from node.core.scoring import read_upload, score_document
 
 ROOT = Path(__file__).resolve().parents[1]
 SCORE_PY = ROOT / "deploy" / "score.py"
+DOCKERFILE = ROOT / "deploy" / "Dockerfile"
 START_TIMEOUT_S = 90
 CARD = {
     "name": "cxr-deploy-test",
@@ -53,6 +56,33 @@ def azmlinfsrv() -> str:
     if os.environ.get("CI"):
         pytest.fail("azmlinfsrv is not installed although the test extra installs it")
     pytest.skip("azmlinfsrv (azureml-inference-server-http) is not installed")
+
+
+def dockerfile_env() -> dict[str, str]:
+    """The ``ENV`` settings of ``deploy/Dockerfile`` (``KEY=VALUE`` forms, continued lines)."""
+    import re
+    import shlex
+
+    out: dict[str, str] = {}
+    for line in re.sub(r"\\\n", " ", DOCKERFILE.read_text()).splitlines():
+        if line.startswith("ENV "):
+            out.update(t.split("=", 1) for t in shlex.split(line[4:], comments=True))
+    return out
+
+
+def test_dockerfile_spreads_requests_over_workers_with_threads():
+    """The image's service settings, as README's Azure section recommends them: workers,
+    request threads in each, and a connection taken only by a worker with a free thread."""
+    env = dockerfile_env()
+    assert int(env["WORKER_COUNT"]) >= 1
+    args = env["GUNICORN_CMD_ARGS"].split()
+    threads = int(args[args.index("--threads") + 1])
+    assert threads >= 2  # one request decodes while another's forward runs
+    assert int(args[args.index("--worker-connections") + 1]) == threads
+    assert args[args.index("--keep-alive") + 1] == "0"
+    readme = (ROOT / "README.md").read_text()
+    assert f"WORKER_COUNT={env['WORKER_COUNT']}" in readme
+    assert env["GUNICORN_CMD_ARGS"] in readme
 
 
 class ServerProcess(NamedTuple):
@@ -79,12 +109,18 @@ def azure_model_dir(tmp_path_factory: pytest.TempPathFactory, whole_model_path: 
 
 
 @pytest.fixture(scope="module")
-def model(azure_model_dir: Path, tmp_path_factory: pytest.TempPathFactory):
+def onnx_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """``CXR_NODE_ONNX_CACHE`` of the in-process scorer; the expected answers' export."""
+    return tmp_path_factory.mktemp("onnx")
+
+
+@pytest.fixture(scope="module")
+def model(azure_model_dir: Path, onnx_cache: Path):
     from inference.export import enable_onnx_fast_path
 
     configure_threads()  # as score.py's init(): same threads, same float sums
     loaded = load_model(azure_model_dir / "cxr-model" / "pc-densenet-densenet-best.pt")
-    enable_onnx_fast_path(loaded, tmp_path_factory.mktemp("onnx"))  # as score.py does
+    enable_onnx_fast_path(loaded, onnx_cache)  # as score.py does
     return loaded
 
 
@@ -102,8 +138,11 @@ def server_process(azure_model_dir: Path, limit_bytes: int,
     port = free_port()
     work = tmp_path_factory.mktemp("azmlinfsrv")
     log = work / "server.log"
+    # gunicorn's threads as in the image; one worker, so that its threads (all cores) sum
+    # the floats as ``expected`` does
     env = {**os.environ, "AZUREML_MODEL_DIR": str(azure_model_dir),
-           "CXR_NODE_HTTP_MAX_BODY_MB": repr(limit_bytes / 2**20), "CXR_NODE_DEVICE": "cpu"}
+           "CXR_NODE_HTTP_MAX_BODY_MB": repr(limit_bytes / 2**20), "CXR_NODE_DEVICE": "cpu",
+           "GUNICORN_CMD_ARGS": dockerfile_env()["GUNICORN_CMD_ARGS"], "WORKER_COUNT": "1"}
     env.pop("CXR_NODE_MODEL_FILE", None)
     env.pop("CXR_NODE_MODEL_CARD", None)
     with open(log, "wb") as out:
@@ -285,12 +324,32 @@ def test_invalid_requests_are_422(server, cr_path: Path):
 
 
 @pytest.mark.system  # azmlinfsrv, the Azure scorer, as a process
+def test_concurrent_requests_through_the_server(server, distinct_images: list[bytes],
+                                                alone: list[dict]):
+    """gunicorn's threads call run() at once: each client gets its own image's answer."""
+    url, _ = server
+    barrier = threading.Barrier(4)
+
+    def one(i: int) -> requests.Response:
+        barrier.wait()
+        return requests.post(url, data=distinct_images[i], timeout=120,
+                             headers={"Content-Type": "application/dicom"})
+
+    with ThreadPoolExecutor(4) as pool:
+        responses = list(pool.map(one, range(4)))
+    for response, want in zip(responses, alone[:4], strict=True):
+        assert response.status_code == 200, response.text[:500]
+        assert_same_answer(response.json(), want)
+
+
+@pytest.mark.system  # azmlinfsrv, the Azure scorer, as a process
 def test_server_log_has_no_patient_data(server, cr_path: Path):
     """Runs after the scoring tests (file order): nothing of the patient in the log."""
     _, log = server
     text = log.read_text(errors="replace")
     assert "init has completed successfully" in text
     assert "serving cxr-deploy-test 0.0.1" in text  # score.py's own records reach the log
+    assert "Using worker: gthread" in text  # the image's request threads were in use
     ds = pydicom.dcmread(cr_path, stop_before_pixels=True)
     for value in (str(ds.PatientName), str(ds.PatientID)):
         assert value and value not in text
@@ -345,11 +404,7 @@ def test_card_rule(tmp_path: Path):
 
 
 def test_score_module_limits(monkeypatch: pytest.MonkeyPatch):
-    import azureml_inference_server_http.server  # noqa: F401  (azureml.contrib.services)
-
-    spec = importlib.util.spec_from_file_location("cxr_score_entry", SCORE_PY)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = load_score_module("cxr_score_entry")
     monkeypatch.delenv("CXR_NODE_HTTP_MAX_BODY_MB", raising=False)
     assert module.body_limit() == 64 * 2**20
     monkeypatch.setenv("CXR_NODE_HTTP_MAX_BODY_MB", "0.5")
@@ -357,6 +412,276 @@ def test_score_module_limits(monkeypatch: pytest.MonkeyPatch):
     monkeypatch.setenv("CXR_NODE_HTTP_MAX_BODY_MB", "lots")
     with pytest.raises(ValueError, match="CXR_NODE_HTTP_MAX_BODY_MB"):
         module.body_limit()
+
+
+def test_score_module_batch_settings(monkeypatch: pytest.MonkeyPatch):
+    module = load_score_module("cxr_score_settings")
+    monkeypatch.delenv("CXR_NODE_BATCH_SIZE", raising=False)
+    monkeypatch.delenv("CXR_NODE_MAX_QUEUE_DELAY_MS", raising=False)
+    assert module.batch_settings() == (8, 0.0)
+    monkeypatch.setenv("CXR_NODE_BATCH_SIZE", "4")
+    monkeypatch.setenv("CXR_NODE_MAX_QUEUE_DELAY_MS", "5")
+    assert module.batch_settings() == (4, 0.005)
+    for name, value in (("CXR_NODE_BATCH_SIZE", "0"), ("CXR_NODE_BATCH_SIZE", "many"),
+                        ("CXR_NODE_MAX_QUEUE_DELAY_MS", "-1"),
+                        ("CXR_NODE_MAX_QUEUE_DELAY_MS", "soon")):
+        with monkeypatch.context() as m:
+            m.setenv(name, value)
+            with pytest.raises(ValueError, match=name):
+                module.batch_settings()
+
+
+# --- concurrent requests in one scoring process (no server) ------------------------------
+
+
+def load_score_module(name: str):
+    """A fresh copy of ``deploy/score.py``, imported as azmlinfsrv imports it."""
+    import azureml_inference_server_http.server  # noqa: F401  (azureml.contrib.services)
+
+    spec = importlib.util.spec_from_file_location(name, SCORE_PY)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def scorer(azure_model_dir: Path, onnx_cache: Path):
+    """``deploy/score.py`` after ``init()``, in this process: its ``run()`` is called from
+    threads as gunicorn's threads call it."""
+    module = load_score_module("cxr_score_inprocess")
+    with pytest.MonkeyPatch.context() as m:
+        for name in ("CXR_NODE_MODEL_FILE", "CXR_NODE_MODEL_CARD", "CXR_NODE_BATCH_SIZE",
+                     "CXR_NODE_MAX_QUEUE_DELAY_MS", "CXR_NODE_THREADS"):
+            m.delenv(name, raising=False)
+        m.setenv("AZUREML_MODEL_DIR", str(azure_model_dir))
+        m.setenv("CXR_NODE_DEVICE", "cpu")
+        m.setenv("CXR_NODE_ONNX_CACHE", str(onnx_cache))
+        # the server's log set-up would take the project's loggers from pytest's capture
+        m.setattr(module, "_configure_logging", lambda: None)
+        module.init()
+    assert module.model.backend == "torch+onnxruntime"
+    return module
+
+
+@pytest.fixture(scope="module")
+def distinct_images(cr_path: Path) -> list[bytes]:
+    """Eight different radiographs (the CR shifted and scaled), each its own SOP instance."""
+    import numpy as np
+    from pydicom.uid import generate_uid
+
+    source = pydicom.dcmread(cr_path)
+    pixels = source.pixel_array
+    out = []
+    for i in range(8):
+        ds = pydicom.dcmread(cr_path)
+        shifted = np.roll(pixels, 150 * i, axis=1).astype(np.float64) * (1 - 0.06 * i)
+        ds.PixelData = shifted.astype(pixels.dtype).tobytes()
+        ds.SOPInstanceUID = generate_uid(entropy_srcs=["deploy test", str(i)])
+        ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+        out.append(dicom_bytes(ds))
+    return out
+
+
+def score_request(data: bytes, content_type: str = "application/dicom", query: str = ""):
+    """The request azmlinfsrv hands ``run()``: a Flask request over a WSGI environment."""
+    from flask import Request as FlaskRequest
+    from werkzeug.test import EnvironBuilder
+
+    return FlaskRequest(EnvironBuilder(path="/score", method="POST", data=data,
+                                       content_type=content_type,
+                                       query_string=query).get_environ())
+
+
+def call(scorer, data: bytes, **kwargs) -> tuple[int, dict]:
+    response = scorer.run(score_request(data, **kwargs))
+    return response.status_code, json.loads(response.get_data())
+
+
+def assert_same_answer(doc: dict, want: dict) -> None:
+    """The same document, probabilities within 1e-6 (a batch may sum in another order)."""
+    got_p = [f["probability"] for f in doc["findings"]]
+    want_p = [f["probability"] for f in want["findings"]]
+    assert max(abs(a - b) for a, b in zip(got_p, want_p, strict=True)) <= 1e-6
+    strip = ("findings", "probability")
+    assert {k: v for k, v in doc.items() if k not in strip} == \
+        {k: v for k, v in want.items() if k not in strip}
+    assert [{k: v for k, v in f.items() if k != "probability"} for f in doc["findings"]] == \
+        [{k: v for k, v in f.items() if k != "probability"} for f in want["findings"]]
+
+
+@pytest.fixture(scope="module")
+def alone(scorer, distinct_images: list[bytes]) -> list[dict]:
+    """Each image's answer when it is the only request (a forward of one)."""
+    answers = []
+    for data in distinct_images:
+        status, doc = call(scorer, data)
+        assert status == 200, doc
+        answers.append(doc)
+    # eight different answers: a mix-up between requests could not go unseen
+    assert len({doc["source"]["sop_instance_uid"] for doc in answers}) == 8
+    first = [f["probability"] for f in answers[0]["findings"]]
+    for doc in answers[1:]:
+        assert max(abs(a - b) for a, b in
+                   zip(first, [f["probability"] for f in doc["findings"]], strict=True)) > 1e-5
+    return answers
+
+
+class HeldForward:
+    """Wraps the batcher's forward: the first forward waits until ``total`` inputs are in
+    (its own and those queued behind it), so the rest must go in one forward together."""
+
+    def __init__(self, batcher, total: int) -> None:
+        self.batcher, self.total = batcher, total
+        self.forward = batcher.forward
+        self.sizes: list[int] = []
+
+    def __call__(self, batch):
+        if not self.sizes:
+            deadline = time.monotonic() + 60  # a stuck test fails below, it does not hang
+            while self.batcher.waiting() < self.total - len(batch) and \
+                    time.monotonic() < deadline:
+                time.sleep(0.005)
+        self.sizes.append(len(batch))
+        return self.forward(batch)
+
+
+def run_together(scorer, bodies: list[bytes]) -> list[tuple[int, dict]]:
+    """Call ``run()`` from one thread per body, all released at once."""
+    barrier = threading.Barrier(len(bodies))
+
+    def one(data: bytes) -> tuple[int, dict]:
+        barrier.wait()
+        return call(scorer, data)
+
+    with ThreadPoolExecutor(len(bodies)) as pool:
+        return list(pool.map(one, bodies))
+
+
+def test_concurrent_requests_share_forwards_and_get_their_own_answers(
+        scorer, distinct_images: list[bytes], alone: list[dict],
+        monkeypatch: pytest.MonkeyPatch):
+    before = scorer.batcher.forwards
+    held = HeldForward(scorer.batcher, len(distinct_images))
+    monkeypatch.setattr(scorer.batcher, "forward", held)
+    answers = run_together(scorer, distinct_images)
+    for (status, doc), want in zip(answers, alone, strict=True):
+        assert status == 200, doc
+        assert_same_answer(doc, want)
+    # eight requests, two forwards: the first, and all the others that queued behind it
+    assert len(held.sizes) == 2 and sum(held.sizes) == 8, held.sizes
+    assert scorer.batcher.forwards - before == 2
+    assert max(scorer.batcher.batch_sizes) >= 4
+
+
+def test_a_bad_request_among_concurrent_ones_gets_its_own_error(
+        scorer, distinct_images: list[bytes], alone: list[dict], cr_path: Path,
+        monkeypatch: pytest.MonkeyPatch):
+    lateral = pydicom.dcmread(cr_path)
+    lateral.ViewPosition = "LL"
+    bodies = list(distinct_images[:6])
+    bodies[2:2] = [b"this is not DICOM" * 100]
+    bodies[5:5] = [dicom_bytes(lateral)]
+    held = HeldForward(scorer.batcher, 6)  # the two refused never reach the model
+    monkeypatch.setattr(scorer.batcher, "forward", held)
+    answers = run_together(scorer, bodies)
+    statuses = [status for status, _ in answers]
+    assert statuses == [200, 200, 400, 200, 200, 422, 200, 200], answers
+    assert answers[2][1]["error"] == "invalid-input"
+    assert answers[5][1] == {"error": "declined", "reason": answers[5][1]["reason"],
+                             "code": "view"}
+    good = [doc for status, doc in answers if status == 200]
+    for doc, want in zip(good, alone[:6], strict=True):
+        assert_same_answer(doc, want)
+    assert sum(held.sizes) == 6 and len(held.sizes) == 2, held.sizes
+
+
+def test_a_failed_forward_fails_only_its_own_requests(scorer, distinct_images: list[bytes],
+                                                      alone: list[dict],
+                                                      monkeypatch: pytest.MonkeyPatch):
+    forward = scorer.batcher.forward
+
+    def broken(batch):
+        raise RuntimeError("device lost")
+
+    monkeypatch.setattr(scorer.batcher, "forward", broken)
+    status, doc = call(scorer, distinct_images[0])
+    assert status == 500 and doc["error"] == "internal-error", doc
+    assert "device lost" not in json.dumps(doc)  # a fault's message stays in the log
+    monkeypatch.setattr(scorer.batcher, "forward", forward)
+    status, doc = call(scorer, distinct_images[1])
+    assert status == 200
+    assert_same_answer(doc, alone[1])
+
+
+def test_explained_request_beside_plain_ones(scorer, distinct_images: list[bytes],
+                                             alone: list[dict]):
+    """Grad-CAM of one request while others are scored: each gets what it asked for."""
+    barrier = threading.Barrier(3)
+
+    def one(i: int) -> tuple[int, dict]:
+        barrier.wait()
+        return call(scorer, distinct_images[i], query="explain=gradcam" if i == 0 else "")
+
+    with ThreadPoolExecutor(3) as pool:
+        answers = list(pool.map(one, range(3)))
+    assert [status for status, _ in answers] == [200, 200, 200]
+    assert answers[0][1]["explanation"]["overlay_png_base64"]
+    assert_same_answer({k: v for k, v in answers[0][1].items()
+                        if k not in ("explanation", "regions")}, alone[0])
+    for (_, doc), want in zip(answers[1:], alone[1:3], strict=True):
+        assert "explanation" not in doc
+        assert_same_answer(doc, want)
+
+
+# --- deploy.batching.Batcher --------------------------------------------------------------
+
+
+def test_batcher_lone_inputs_go_alone_and_errors_reach_only_their_batch():
+    import numpy as np
+
+    from deploy.batching import Batcher
+
+    fail = threading.Event()
+
+    def forward(batch: np.ndarray) -> np.ndarray:
+        if fail.is_set():
+            raise ValueError("bad batch")
+        return batch * 2
+
+    batcher = Batcher(forward, max_batch=4)
+    assert batcher(np.array([1.0, 2.0])).tolist() == [2.0, 4.0]
+    fail.set()
+    with pytest.raises(ValueError, match="bad batch"):
+        batcher(np.array([1.0, 2.0]))
+    fail.clear()
+    assert batcher(np.array([3.0])).tolist() == [6.0]  # the runner outlived the failure
+    assert batcher.batch_sizes == {1: 3} and batcher.forwards == 3 and batcher.images == 3
+    with pytest.raises(ValueError, match="max_batch"):
+        Batcher(forward, max_batch=0)
+
+
+def test_batcher_waits_for_an_announced_input_and_not_for_a_refused_one():
+    import numpy as np
+
+    from deploy.batching import Batcher
+
+    batcher = Batcher(lambda batch: batch + 1, max_batch=4, max_wait_s=120)
+    with ThreadPoolExecutor(2) as pool:
+        with batcher.expect() as submit:  # announced: still decoding
+            other = pool.submit(batcher, np.array([10.0]))
+            while batcher.waiting() < 1:  # queued, and held for the announced one
+                time.sleep(0.005)
+            mine = submit(np.array([20.0]))
+        assert mine.tolist() == [21.0] and other.result(timeout=60).tolist() == [11.0]
+        assert batcher.batch_sizes == {2: 1}
+        with pytest.raises(RuntimeError, match="once"):
+            submit(np.array([0.0]))
+        with batcher.expect():  # announced, then refused before it reached the model
+            other = pool.submit(batcher, np.array([1.0]))
+            while batcher.waiting() < 1:
+                time.sleep(0.005)
+        assert other.result(timeout=60).tolist() == [2.0]  # not held for the refused one
+    assert batcher.batch_sizes == {2: 1, 1: 1}
 
 
 # --- deploy.aci ---------------------------------------------------------------------------
