@@ -50,8 +50,9 @@ NAIVE_SCRIPT = Path(__file__).with_name("naive_score.py")
 DEPLOY_SCRIPT = REPO / "deploy" / "score.py"
 DOCKERFILE = REPO / "deploy" / "Dockerfile"
 #: The Dockerfile's settings as of this writing, for when the file is not there to read.
-DOCKERFILE_ENV: dict[str, str] = {"WORKER_COUNT": "1", "OMP_WAIT_POLICY": "PASSIVE",
-                                  "CXR_NODE_HTTP_MAX_BODY_MB": "64"}
+DOCKERFILE_ENV: dict[str, str] = {
+    "WORKER_COUNT": "2", "GUNICORN_CMD_ARGS": "--threads 2 --worker-connections 2 --keep-alive 0",
+    "OMP_WAIT_POLICY": "PASSIVE", "CXR_NODE_HTTP_MAX_BODY_MB": "64"}
 #: The Dockerfile's environment variables that are settings of the service (the others are
 #: the container's paths and pip's options).
 SETTING = re.compile(r"^(WORKER_COUNT|WORKER_TIMEOUT|GUNICORN_CMD_ARGS|SCORING_TIMEOUT_MS"
