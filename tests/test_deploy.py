@@ -31,6 +31,7 @@ from deploy import aci
 from deploy.modeldir import ModelDirError, card_candidates, find_card, find_weights
 from inference import PADCHEST_LABELS, configure_threads, load_model
 from inference.card import card_candidates as loader_card_candidates
+from node.bench.harness import wait_until
 from node.core.pipeline import Pipeline
 from node.core.scoring import read_upload, score_document
 
@@ -537,10 +538,8 @@ class HeldForward:
 
     def __call__(self, batch):
         if not self.sizes:
-            deadline = time.monotonic() + 60  # a stuck test fails below, it does not hang
-            while self.batcher.waiting() < self.total - len(batch) and \
-                    time.monotonic() < deadline:
-                time.sleep(0.005)
+            wait_until(lambda: self.batcher.waiting() >= self.total - len(batch), 60, 0.005,
+                       "the other inputs to be queued")
         self.sizes.append(len(batch))
         return self.forward(batch)
 
@@ -669,8 +668,8 @@ def test_batcher_waits_for_an_announced_input_and_not_for_a_refused_one():
     with ThreadPoolExecutor(2) as pool:
         with batcher.expect() as submit:  # announced: still decoding
             other = pool.submit(batcher, np.array([10.0]))
-            while batcher.waiting() < 1:  # queued, and held for the announced one
-                time.sleep(0.005)
+            # queued, and held for the announced one
+            wait_until(lambda: batcher.waiting() >= 1, 60, 0.005, "the input to be queued")
             mine = submit(np.array([20.0]))
         assert mine.tolist() == [21.0] and other.result(timeout=60).tolist() == [11.0]
         assert batcher.batch_sizes == {2: 1}
@@ -678,8 +677,7 @@ def test_batcher_waits_for_an_announced_input_and_not_for_a_refused_one():
             submit(np.array([0.0]))
         with batcher.expect():  # announced, then refused before it reached the model
             other = pool.submit(batcher, np.array([1.0]))
-            while batcher.waiting() < 1:
-                time.sleep(0.005)
+            wait_until(lambda: batcher.waiting() >= 1, 60, 0.005, "the input to be queued")
         assert other.result(timeout=60).tolist() == [2.0]  # not held for the refused one
     assert batcher.batch_sizes == {2: 1, 1: 1}
 
