@@ -16,11 +16,10 @@ import time
 from concurrent.futures import Future
 from dataclasses import dataclass
 
-from dicom_io import DicomIOError
 from node.broker import topology
 from node.broker.client import BrokerUnavailableError, Publisher
 from node.broker.messages import JobMessage, MessageError, ReplyMessage, ScoreMessage, decode
-from node.jobs.intake import Intake, Received, Work, receive
+from node.jobs.intake import Intake, Received, Work
 from node.jobs.model import JobOutcome, RemoteResult, Ticket
 from node.jobs.storage import INCOMING
 
@@ -142,24 +141,6 @@ def _answer(reply: Future, answer: Future, intake: Intake) -> None:
     answer.set_result((outcome, RemoteResult(message.document or {}, parts)))
 
 
-def _reconcile_object(intake: Intake, queue: BrokerJobQueue, key: str, now: float) -> int:
-    """Record (and publish, if the gate lets it through) an object stored without a job."""
-    try:
-        received = receive(intake.store.get(key), "recovered")
-    except DicomIOError as e:  # unreadable: recorded as failed, never queued
-        intake.records.open(key, None, None, "recovered", None,
-                            JobOutcome("failed", e.code, e.reason))
-        return 0
-    outcome = received.outcome()
-    job_id = intake.records.open(key, received.sop_instance_uid, None, "recovered", None,
-                                 outcome)
-    if outcome is not None:
-        return 0
-    queue.put(Ticket(job_id, key, received.sop_instance_uid, None, "recovered",
-                     sha256=hashlib.sha256(received.data).hexdigest(), received_at=now))
-    return 1
-
-
 def reconcile(intake: Intake, grace_s: float, score_timeout_s: float = 0) -> int:
     """Queue what a receiver's crash left behind; how many jobs were published.
 
@@ -200,7 +181,7 @@ def reconcile(intake: Intake, grace_s: float, score_timeout_s: float = 0) -> int
         try:
             if key in known or intake.store.local_path(key).stat().st_mtime > now - grace_s:
                 continue
-            count += _reconcile_object(intake, queue, key, now)
+            count += intake.adopt(key)
         except FileNotFoundError:  # delivered and deleted meanwhile
             continue
         except Exception as e:  # e.g. another receiver recorded it at the same moment

@@ -218,6 +218,26 @@ class Intake:
                      for t in self.queue.claim(limit - len(work))]
         return work
 
+    def adopt(self, key: str) -> int:
+        """Record an object found stored without a job (a crash between storing and
+        recording) and queue it if the gate lets it through; 1 if queued. Unreadable, it is
+        recorded as failed."""
+        try:
+            received = receive(self.store.get(key), "recovered")
+        except DicomIOError as e:
+            self.records.open(key, None, None, "recovered", None,
+                              JobOutcome("failed", e.code, e.reason))
+            return 0
+        outcome = received.outcome()
+        job_id = self.records.open(key, received.sop_instance_uid, None, "recovered", None,
+                                   outcome)
+        if outcome is not None:
+            return 0
+        digest = hashlib.sha256(received.data).hexdigest() if self.checksums else None
+        self.queue.put(Ticket(job_id, key, received.sop_instance_uid, None, "recovered",
+                              sha256=digest, received_at=received.at))
+        return 1
+
     def recover(self) -> int:
         """At start: leases of a process that is gone, jobs recorded but not queued, and
         objects stored but not recorded (a crash between the steps) are queued again;
@@ -234,20 +254,7 @@ class Intake:
         known = self.records.known_keys()
         for key in self.store.keys(INCOMING):
             if key not in known:
-                try:
-                    received = receive(self.store.get(key), "recovered")
-                except DicomIOError as e:
-                    received = None
-                    self.records.open(key, None, None, "recovered", None,
-                                      JobOutcome("failed", e.code, e.reason))
-                if received is not None:
-                    outcome = received.outcome()
-                    job_id = self.records.open(key, received.sop_instance_uid, None,
-                                               "recovered", None, outcome)
-                    if outcome is None:
-                        self.queue.put(Ticket(job_id, key, received.sop_instance_uid, None,
-                                              "recovered"))
-                        count += 1
+                count += self.adopt(key)
         if count:
             self.wake.set()
         return count
