@@ -146,7 +146,10 @@ def enable_onnx_fast_path(model: LoadedModel, cache_dir: str | Path,
     x = _example(model, 4).numpy()
     reference = model.probabilities(x)
     name = session.get_inputs()[0].name
-    candidate = model.to_probabilities(np.asarray(session.run(None, {name: x})[0]))
+    # One image per run, as the node runs it (``session_batch``): the session's memory arena
+    # keeps, for the life of the process, what its largest run needed.
+    candidate = model.to_probabilities(np.concatenate(
+        [np.asarray(session.run(None, {name: x[i:i + 1]})[0]) for i in range(len(x))]))
     difference = float(np.max(np.abs(candidate - reference)))
     if difference > tolerance:
         logger.warning("ONNX Runtime differs from PyTorch by %.2g (> %.0e); predicting with "

@@ -30,3 +30,11 @@ BROKER_DEAD_LETTERED = Counter("cxr_broker_dead_lettered_total",
                                registry=REGISTRY)
 BROKER_RETRIED = Counter("cxr_broker_retried_total", "deliveries put in a retry queue",
                          registry=REGISTRY)
+# the model monitor (/ui/monitor computes the same rates from the job records)
+FINDINGS = Counter("cxr_findings_total", "findings of the jobs done, per label and outcome",
+                   ["label", "positive"], registry=REGISTRY)
+FINDING_PROBABILITY = Counter("cxr_finding_probability_sum", "sum of the probabilities of "
+                              "the jobs done, per label (over cxr_findings_total: the mean)",
+                              ["label"], registry=REGISTRY)
+DECLINED = Counter("cxr_declined_total", "inputs the gate declined, per reason code",
+                   ["code"], registry=REGISTRY)

@@ -9,6 +9,8 @@ import time
 from types import FrameType
 
 from inference import LoadedModel, configure_threads, load_model
+from node.audit import AuditTrail
+from node.core.memory import trim
 from node.core.pipeline import Pipeline
 from node.dimse.scp import make_scp, scp_handlers, start_scp
 from node.jobs.intake import Handoff, Intake
@@ -17,6 +19,7 @@ from node.jobs.records import SqliteJobRecords
 from node.jobs.sender import Sender
 from node.jobs.sqlite import Database
 from node.jobs.storage import SpoolStore
+from node.jobs.views import ViewWorker
 from node.jobs.worker import Worker
 from node.settings import Settings
 
@@ -32,9 +35,11 @@ class Node:
         self.stop_event = threading.Event()
         self.http_server = None
         self.http_thread: threading.Thread | None = None
+        #: the audit trail (IHE ATNA) every part of this process reports to
+        self.audit = AuditTrail.from_settings(settings)
         self.store, self.records, self.intake = self.make_jobs()
         self.workers: list[Worker] = []
-        self.sender = Sender(settings, self.records, self.store, self.stop_event)
+        self.sender = Sender(settings, self.records, self.store, self.stop_event, self.audit)
         self.scp = None
         self.server = None
         self.ready = threading.Event()
@@ -61,7 +66,7 @@ class Node:
         # DIMSE is never refused for depth (a modality cannot wait); HTTP is (503).
         intake = Intake(store, SqliteJobQueue(db), records,
                         handoff=Handoff(int(settings.handoff_mb * 2**20)),
-                        purge=settings.purge_delivered)
+                        purge=settings.purge_delivered, audit=self.audit)
         return store, records, intake
 
     @property
@@ -84,7 +89,8 @@ class Node:
         if recovered:
             logger.info("recovered %d job(s) from the spool", recovered)
         for i in range(s.workers):
-            worker = Worker(f"worker-{i}", s, self.intake, self.pipeline, self.stop_event)
+            worker = ViewWorker(f"worker-{i}", s, self.intake, self.pipeline,
+                                self.stop_event)
             worker.start()
             self.workers.append(worker)
         self.sender.start()
@@ -92,6 +98,7 @@ class Node:
         self.server = start_scp(self.scp, (s.bind, s.dicom_port), scp_handlers(self.intake),
                                 s.server_ssl_context())
         self.ready.set()
+        self.audit.application_start()
         if export:
             self._export_in_background()
         logger.info("%s listening for DICOM on %s:%d (model %s %s, sha256 %s)", s.ae_title,
@@ -122,6 +129,7 @@ class Node:
             logger.exception("ONNX fast path failed; predicting with PyTorch")
             on = False
         self.fast_path = "on" if on else "off"
+        trim()  # the parity check's PyTorch forward left its activations in the heap
 
     def _export_in_background(self) -> None:
         """Export to ONNX in a child process while PyTorch predicts (the node is ready
@@ -209,6 +217,8 @@ class Node:
         for thread in [*self.workers, self.sender]:
             if thread.is_alive():
                 thread.join(max(0.0, deadline - time.monotonic()))
+        self.audit.application_stop()
+        self.audit.close()
         logger.info("stopped")
 
     def ready_line(self) -> str:

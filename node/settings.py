@@ -23,6 +23,7 @@ from pydantic_settings import (
 )
 
 from domain import EXPLAIN_CHOICES, check_explain
+from node.outbound import DestinationTLS, DicomwebAuth
 
 _AE_RE = re.compile(r"^[\x20-\x5b\x5d-\x7e]{1,16}$")  # PS3.5 AE: 16 chars, no backslash
 
@@ -60,8 +61,10 @@ def check_ae_title(ae: str) -> str:
 class Settings(BaseSettings):
     """Everything ``cxr-node serve`` can be told. See README "Configuration"."""
 
-    # toml_file stays None here: only the subclass Settings.load makes for a file names one
-    model_config = SettingsConfigDict(env_prefix="CXR_NODE_", extra="forbid")
+    # toml_file stays None here: only the subclass Settings.load makes for a file names one;
+    # an error never quotes the input (it holds http_token, maybe a URL with a password)
+    model_config = SettingsConfigDict(env_prefix="CXR_NODE_", extra="forbid",
+                                      hide_input_in_errors=True)
 
     # identity and network
     ae_title: str = Field("CXRNODE", description="the node's AE title")
@@ -101,12 +104,21 @@ class Settings(BaseSettings):
     threads: int | None = Field(None, ge=1)
     handoff_mb: float = Field(128, ge=0, description="received objects kept in memory for "
                               "the workers (besides the spool), so they are not read back")
+    malloc_arenas: int | None = Field(2, ge=1, le=64, description="glibc malloc arenas of "
+                                      "cxr-node serve (fewer: less memory kept; none: glibc's "
+                                      "default, 8 per core)")
     # sending results
     destinations: list[str] = Field(default_factory=list, description="AE@HOST:PORT")
     peers: dict[str, str] = Field(default_factory=dict,
                                   description="calling AE title -> HOST:PORT to send results back")
     dicomweb_destinations: list[str] = Field(
         default_factory=list, description="DICOMweb STOW-RS base URLs to store results to")
+    destination_tls: dict[str, DestinationTLS] = Field(
+        default_factory=dict, description="AE title of a destination (or of a peer) -> TLS "
+        "to it: ca, cert, key, server_name (README \"Security\")")
+    dicomweb_auth: dict[str, DicomwebAuth] = Field(
+        default_factory=dict, description="DICOMweb destination URL -> its credentials: one "
+        "of bearer_env, bearer_file, basic_env, basic_file (never the secret itself)")
     retry_max_attempts: int = Field(8, ge=1)
     retry_initial_s: float = Field(2.0, gt=0)
     retry_max_s: float = Field(300.0, gt=0)
@@ -138,8 +150,23 @@ class Settings(BaseSettings):
     http_token: str | None = Field(None, description="bearer token every HTTP route but "
                                    "/healthz requires; none: no authentication")
     http_max_body_mb: float = Field(64, gt=0, description="largest HTTP request body")
+    http_body_timeout_s: float = Field(120, gt=0, description="a request body must have "
+                                       "arrived this long after its headers (else 408, closed)")
     max_queue_depth: int = Field(512, ge=1, description="jobs waiting before HTTP answers 503")
     score_timeout_s: float = Field(120, gt=0)
+    # the operators' web page at /ui (docs/ui.md)
+    ui_operators_file: Path | None = Field(None, description="file of operators, one "
+                                           "NAME:SECRET a line, who sign in to /ui; none: "
+                                           "http_token and a name")
+    ui_session_hours: float = Field(8, gt=0, le=24 * 30, description="a /ui sign-in lasts "
+                                    "this long")
+    ui_show_patient: bool = Field(False, description="/ui shows patient name, ID, birth "
+                                  "date and accession number (kept for the page only then)")
+    ui_thumbnails: Literal["no-burned-in", "all", "none"] = Field(
+        "no-burned-in", description="which sources /ui shows as thumbnails: those whose "
+        "Burned In Annotation is NO, all, or none")
+    ui_retention_days: float = Field(30, ge=0, description="/ui keeps a job's thumbnail and "
+                                     "findings this long (after its files are deleted)")
     # access control (see README "Security")
     allowed_calling_aes: list[str] = Field(
         default_factory=list, description="calling AE titles allowed to associate; empty: any")
@@ -152,6 +179,17 @@ class Settings(BaseSettings):
     max_associations: int = Field(32, ge=1, description="concurrent DICOM associations")
     max_pdu: int = Field(65536, ge=0)
     network_timeout_s: float = Field(60, gt=0)
+    # audit trail, IHE ATNA (docs/audit.md)
+    audit: bool = Field(True, description="write DICOM audit messages (PS3.15 A.5)")
+    audit_log: Path | None = Field(None, description="audit log file, one XML message a "
+                                   "line; default: audit.log in the spool")
+    audit_syslog: str | None = Field(None, description="HOST:PORT of a syslog collector that "
+                                     "also gets them (RFC 5424 over TLS, RFC 5425)")
+    audit_syslog_ca: Path | None = Field(None, description="PEM CA bundle that signed the "
+                                         "collector's certificate (default: the system's)")
+    audit_syslog_cert: Path | None = Field(None, description="PEM client certificate for "
+                                           "a collector that verifies its clients")
+    audit_syslog_key: Path | None = Field(None, description="PEM key of audit_syslog_cert")
 
     @field_validator("ae_title")
     @classmethod
@@ -183,6 +221,9 @@ class Settings(BaseSettings):
         for url in v:
             if not re.match(r"^https?://[^/\s]+", url):
                 raise ValueError(f"DICOMweb destination {url!r} is not an http(s) URL")
+            if "@" in url.split("/")[2]:  # not quoted: it holds a secret
+                raise ValueError("a DICOMweb destination URL holds credentials; give them "
+                                 "in dicomweb_auth (from a file or the environment)")
         return v
 
     @field_validator("peers")
@@ -215,6 +256,15 @@ class Settings(BaseSettings):
         return self
 
     @model_validator(mode="after")
+    def _audit(self) -> Settings:
+        if self.audit_syslog is not None and not re.match(r"^(\[[^\]]+\]|[^:\s]+):\d{1,5}$",
+                                                          self.audit_syslog.strip()):
+            raise ValueError(f"audit_syslog {self.audit_syslog!r} is not HOST:PORT")
+        if (self.audit_syslog_cert is None) != (self.audit_syslog_key is None):
+            raise ValueError("audit_syslog_cert and audit_syslog_key go together")
+        return self
+
+    @model_validator(mode="after")
     def _tls(self) -> Settings:
         if (self.tls_cert is None) != (self.tls_key is None):
             raise ValueError("tls_cert and tls_key go together")
@@ -224,6 +274,18 @@ class Settings(BaseSettings):
                 raise ValueError(f"{name} {path} is not a file")
         if self.tls_require_client_cert and (self.tls_ca is None or self.tls_cert is None):
             raise ValueError("tls_require_client_cert needs tls_cert, tls_key and tls_ca")
+        return self
+
+    @model_validator(mode="after")
+    def _outbound(self) -> Settings:
+        aes = {Peer.parse(d).ae_title for d in self.destinations} | set(self.peers)
+        for ae in self.destination_tls:
+            if ae not in aes:
+                raise ValueError(f"destination_tls {ae!r} is the AE title of no destination "
+                                 "or peer")
+        for url in self.dicomweb_auth:
+            if url not in self.dicomweb_destinations:
+                raise ValueError(f"dicomweb_auth {url!r} is not one of dicomweb_destinations")
         return self
 
     def server_ssl_context(self):

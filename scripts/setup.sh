@@ -22,6 +22,9 @@ fi
 # the real scripts, not Debian's /usr/sbin wrappers: tests/rabbit_cluster.py runs them as is
 [ -x /usr/lib/rabbitmq/bin/rabbitmq-server ] || need_apt+=(rabbitmq-server)
 ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || need_apt+=(postgresql)
+# the audit test's syslog collector over TLS (tests/system/test_audit.py)
+[ -x /usr/sbin/rsyslogd ] || need_apt+=(rsyslog)
+ls /usr/lib/*/rsyslog/lmnsd_gtls.so >/dev/null 2>&1 || need_apt+=(rsyslog-gnutls)
 # optional: headless Chromium (and a font) and npm (to fetch OHIF) for the viewer test
 want_apt=()
 command -v chromium >/dev/null 2>&1 || want_apt+=(chromium fonts-dejavu-core)
@@ -36,7 +39,7 @@ if [ ${#need_apt[@]} -gt 0 ]; then
   echo "setup: installing ${need_apt[*]} from Debian" >&2
   $SUDO apt-get install -y -qq --no-install-recommends "${need_apt[@]}" >/dev/null
   # Debian starts Orthanc, RabbitMQ and PostgreSQL services on install; the tests start their own.
-  for service in orthanc rabbitmq-server postgresql; do
+  for service in orthanc rabbitmq-server postgresql rsyslog; do
     $SUDO service "$service" stop >/dev/null 2>&1 || true
   done
 fi

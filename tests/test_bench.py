@@ -69,7 +69,9 @@ def test_bench_reports_every_figure(whole_model_path: Path, small_cr: Path,
         if name in SCALE_RAW_KEYS or name in BASELINE_RAW_KEYS:
             continue
         value = report["raw"][name]
-        assert isinstance(value, float) and math.isfinite(value) and value > 0, (name, value)
+        assert isinstance(value, float) and math.isfinite(value), (name, value)
+        # a difference of two measurements (node - model) may come out below zero
+        assert value > 0 or name.endswith("_overhead_ms"), (name, value)
     for name, check in report["targets"].items():
         left_out = name.startswith("scale_") or name in BASELINE_RATIOS
         assert check["pass"] in ((None,) if left_out else (True, False))
@@ -86,7 +88,8 @@ def test_bench_reports_every_figure(whole_model_path: Path, small_cr: Path,
     table = "\n".join(lines[:-1])
     for heading in ("Model only", "PyTorch eager, batch 8", "ONNX Runtime, batch 1",
                     "HTTP /score", "DIMSE in/out, Grad-CAM", "CPU per image",
-                    "node: DIMSE, explain none (SR)", "Targets", "http_vs_model"):
+                    "node: DIMSE, explain none (SR)", "Targets", "http_vs_model",
+                    "Pipeline overhead (NEMA CR alone)", "DIMSE in and out, SR only"):
         assert heading in table
 
 

@@ -155,6 +155,11 @@ def test_stow_stores_each_part_and_names_each_failure(client: TestClient, node: 
     skipped = wait_until(lambda: [j for j in node.records.failed_document()["failed_jobs"]
                                   if j["sop_instance_uid"] == lateral_uid])
     assert skipped[0]["code"] == "view"
+    # the audit trail names the HTTP client each stored part came from (TestClient's host)
+    good_uid = str(pydicom.dcmread(io.BytesIO(good)).SOPInstanceUID)
+    audit = (node.settings.spool / "audit.log").read_text()
+    [line] = [m for m in audit.splitlines() if good_uid in m and 'csd-code="110104"' in m]
+    assert 'NetworkAccessPointID="testclient"' in line and 'EventActionCode="C"' in line
 
 
 def test_jobs_route_and_parse_related_agree(client: TestClient) -> None:

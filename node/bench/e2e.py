@@ -81,6 +81,19 @@ class MeasuredNode(NodeProcess):
     def peak_rss_mb(self) -> float | None:
         return proc_status_mb(self.proc.pid) if self.proc is not None else None
 
+    def metrics(self, timeout: float = 30) -> str:
+        """The text of the node's ``/metrics`` (Prometheus exposition format)."""
+        conn = http.client.HTTPConnection("127.0.0.1", self.http_port, timeout=timeout)
+        try:
+            conn.request("GET", "/metrics", headers=self.headers())
+            response = conn.getresponse()
+            text = response.read().decode(errors="replace")
+        finally:
+            conn.close()
+        if response.status != 200:
+            raise RuntimeError(f"/metrics answered {response.status}: {text[:160]}")
+        return text
+
 
 @dataclass
 class HttpRun:

@@ -62,7 +62,7 @@ def measure_model(opts: Options, model: Any, images: list[BenchImage], res: Resu
     import numpy as np
 
     from dicom_io import from_dataset, read_dataset
-    from inference import configure_threads, load_model, pre_process
+    from inference import pre_process
 
     res.info["model"] = model.info
     pre = model.card.preprocessing
@@ -99,17 +99,25 @@ def measure_model(opts: Options, model: Any, images: list[BenchImage], res: Resu
 
     progress(f"ONNX Runtime, batch 1 and {opts.batch_size}")
 
-    def onnx() -> None:
-        onnx_model = model
-        if model.session is None:
-            from inference.export import export_onnx
+    phase(res, "ONNX Runtime",
+          lambda: _forward(res, "onnx", onnx_of(opts, model, work), inputs, opts))
 
-            path = export_onnx(model, work / "bench-model.onnx")
-            onnx_model = load_model(path)
-            configure_threads(opts.threads)  # opening the session set the cores present
-        _forward(res, "onnx", onnx_model, inputs, opts)
 
-    phase(res, "ONNX Runtime", onnx)
+def onnx_of(opts: Options, model: Any, work: Path) -> Any:
+    """``model`` on ONNX Runtime: itself when it is one, else its export (made once into
+    ``work``), as the node's fast path runs it."""
+    from inference import configure_threads, load_model
+
+    if model.session is not None:
+        return model
+    path = work / "bench-model.onnx"
+    if not path.exists():
+        from inference.export import export_onnx
+
+        export_onnx(model, path)
+    onnx_model = load_model(path)
+    configure_threads(opts.threads)  # opening the session set the cores present
+    return onnx_model
 
 
 def _scored(model: Any, picks: list, probabilities: Any) -> list:

@@ -15,6 +15,9 @@ uncompressed NEMA CR (the overhead target's image), in CPU milliseconds per imag
 * ``results_sr``: the SR alone (``--explain none``); ``results_default``: SR and capture of
   the default result set, the Grad-CAM maps given (their cost is the model-only Grad-CAM
   figure), built as data sets (not yet written as files);
+* ``view``: what the worker keeps of a done job for the web page (``/ui``): findings, and a
+  thumbnail with the heat maps' overlays where the source may be shown (its Burned In
+  Annotation is ``NO``, by default);
 * ``send``: pynetdicom's C-STORE of the SR to a receiver in this process (both sides counted).
 """
 
@@ -36,7 +39,7 @@ from node.bench.harness import ResultReceiver, free_port, wait_until
 COUNT = 16
 #: The steps, in the order an image meets them; each is ``overhead_<step>_ms`` in the JSON.
 STEPS = ("receive", "store", "parse", "decode", "preprocess", "results_sr",
-         "results_default", "send_sr")
+         "results_default", "view", "send_sr")
 OVERHEAD_RAW_KEYS = tuple(f"overhead_{step}_ms" for step in STEPS)
 
 
@@ -79,6 +82,11 @@ def measure_overhead(model, data: bytes, res: Results) -> None:
         res.put("overhead_results_default_ms", cpu_ms(
             lambda: default.builder.build(scored.image, scored.prediction, heatmaps,
                                           regions=regions)))
+        from node.jobs.views import make_view
+        from node.settings import Settings
+
+        settings = Settings(model=str(model.source))  # the thumbnail as the node decides
+        res.put("overhead_view_ms", cpu_ms(lambda: make_view(outcome, settings)))
         res.put("overhead_send_sr_ms", _send_ms(outcome.results.part10("sr")))
     finally:
         shutil.rmtree(folder, ignore_errors=True)

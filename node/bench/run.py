@@ -42,8 +42,9 @@ from node.bench.common import Options, Results, phase, progress
 from node.bench.e2e import MeasuredNode, class_names, dimse_send, http_load
 from node.bench.harness import ResultReceiver
 from node.bench.images import BenchImage, bench_images
-from node.bench.model_only import in_worker_thread, load, measure_model
+from node.bench.model_only import in_worker_thread, load, measure_model, onnx_of
 from node.bench.overhead import measure_overhead
+from node.bench.pipeline import batch_totals, mean_batch, measure_model_side
 from node.bench.report import report
 from node.bench.scale import measure_scale
 
@@ -93,12 +94,12 @@ def _http(opts: Options, node: MeasuredNode, images: list[BenchImage], res: Resu
 
 
 def _dimse(opts: Options, node: MeasuredNode, receiver: ResultReceiver, datasets: list,
-           explain: str, res: Results) -> None:
+           explain: str, res: Results, key: str | None = None) -> None:
     from dicom_io.results import instance_uid
 
     sha = node.get("/readyz")[1]["model"]["sha256"]
     kinds = ("sr",) if explain == "none" else ("sr", "sc")  # the parametric map: opt-in
-    key = "dimse_none" if explain == "none" else "dimse_gradcam"
+    key = key or ("dimse_none" if explain == "none" else "dimse_gradcam")
 
     def idle() -> bool:
         if node.proc is None or node.proc.poll() is not None:
@@ -114,10 +115,11 @@ def _dimse(opts: Options, node: MeasuredNode, receiver: ResultReceiver, datasets
     warm = dimse_send(node.dicom_port, node.ae_title, datasets, 1)
     receiver.wait_for(expected(warm.sent), opts.timeout_s, idle)
     progress(f"DIMSE ({explain}): {opts.count} images by C-STORE, waiting for their results")
-    cpu = node.cpu_s()
+    cpu, batches = node.cpu_s(), batch_totals(node.metrics())
     run = dimse_send(node.dicom_port, node.ae_title, datasets, opts.count)
     got = receiver.wait_for(expected(run.sent), opts.timeout_s, idle)
     _put_cpu(res, f"{key}_node_cpu_s", cpu, node.cpu_s(), len(run.sent))
+    res.put(f"{key}_mean_batch", mean_batch(batches, batch_totals(node.metrics())))
     with_sr = {u for u in run.sent if instance_uid("sr", u, sha) in got}
     res.info[key] = {"sent": len(run.sent), "with_results": len(with_sr),
                      "objects": len(got), "received": class_names(got)}
@@ -134,13 +136,29 @@ def _dimse(opts: Options, node: MeasuredNode, receiver: ResultReceiver, datasets
         res.put(f"{key}_send_s", run.send_done - run.first_send)
 
 
-def measure_node(opts: Options, images: list[BenchImage], res: Results, work: Path) -> None:
-    """The node as a subprocess: ready time, HTTP, DIMSE with Grad-CAM, then explain none."""
+def _pipeline_score(opts: Options, node: MeasuredNode, overhead: BenchImage,
+                    res: Results) -> None:
+    """``/score`` on the overhead image alone: the node's CPU per image and its mean batch."""
+    progress(f"pipeline: HTTP /score, {opts.count} x {overhead.name}, {opts.clients} clients")
+    http_load(node.http_port, [overhead.data], opts.clients, opts.clients, opts.timeout_s)
+    cpu, batches = node.cpu_s(), batch_totals(node.metrics())
+    run = http_load(node.http_port, [overhead.data], opts.count, opts.clients, opts.timeout_s)
+    _put_cpu(res, "pipeline_score_node_cpu_s", cpu, node.cpu_s(), len(run.latencies))
+    res.put("pipeline_score_mean_batch", mean_batch(batches, batch_totals(node.metrics())))
+    if run.errors:
+        res.errors.append(f"pipeline /score: {len(run.errors)} failed, first: {run.errors[0]}")
+
+
+def measure_node(opts: Options, images: list[BenchImage], res: Results, work: Path,
+                 overhead: BenchImage | None = None) -> None:
+    """The node as a subprocess: ready time, HTTP, DIMSE with Grad-CAM, then explain none;
+    with ``overhead``, each also on that image alone (:mod:`node.bench.pipeline`)."""
     import io
 
     import pydicom
 
     datasets = [pydicom.dcmread(io.BytesIO(image.data)) for image in images]
+    alone = None if overhead is None else [pydicom.dcmread(io.BytesIO(overhead.data))]
     run_gradcam = not {"dimse", "gradcam"} & opts.skip
     run_none = not {"dimse", "noexplain"} & opts.skip
     receiver = ResultReceiver().start()
@@ -163,6 +181,13 @@ def measure_node(opts: Options, images: list[BenchImage], res: Results, work: Pa
             if run_gradcam:
                 phase(res, "DIMSE Grad-CAM",
                       lambda: _dimse(opts, node, receiver, datasets, "gradcam", res))
+            if alone is not None and overhead is not None:
+                if "http" not in opts.skip:
+                    phase(res, "pipeline /score",
+                          lambda: _pipeline_score(opts, node, overhead, res))
+                if run_gradcam:
+                    phase(res, "pipeline DIMSE default", lambda: _dimse(
+                        opts, node, receiver, alone, "gradcam", res, "pipeline_dimse_default"))
             with contextlib.suppress(OSError, ValueError):
                 res.info["node_gradcam_jobs"] = node.counts()
         finally:
@@ -180,6 +205,9 @@ def measure_node(opts: Options, images: list[BenchImage], res: Results, work: Pa
         try:
             phase(res, "DIMSE explain none",
                   lambda: _dimse(opts, node, receiver, datasets, "none", res))
+            if alone is not None:
+                phase(res, "pipeline DIMSE SR", lambda: _dimse(
+                    opts, node, receiver, alone, "none", res, "pipeline_dimse_sr"))
         finally:
             res.put("node_none_peak_rss_mb", node.peak_rss_mb())
             res.put("node_none_peak_anon_mb", node.peak_anon_mb)
@@ -235,14 +263,17 @@ def run(opts: Options) -> int:
         work = Path(tmp)
         if phase(res, "model only", lambda: in_worker_thread(
                 lambda: measure_model(opts, model, images, res, work))):
-            overhead = image_set.overhead
-            if "overhead" not in opts.skip and overhead is not None:
+            overhead = image_set.overhead if "overhead" not in opts.skip else None
+            if overhead is not None:
                 phase(res, "overhead", lambda: in_worker_thread(
                     lambda: measure_overhead(model, overhead.data, res)))
+                phase(res, "pipeline model", lambda: in_worker_thread(
+                    lambda: measure_model_side(opts, model, onnx_of(opts, model, work),
+                                               overhead.data, res)))
             del model  # the node's figures should not share the machine with it
             gc.collect()
             if not {"http", "dimse"} <= opts.skip:
-                measure_node(opts, images, res, work)
+                measure_node(opts, images, res, work, overhead)
             if "baseline" not in opts.skip:  # after the node: neither shares the machine
                 phase(res, "baseline", lambda: measure_baseline(opts, images, res, work))
         if "scale" not in opts.skip:  # its own model (sleepy): needs nothing above

@@ -288,18 +288,31 @@ class Publisher(threading.Thread):
                     f"broker returned the message: no queue {item.queue!r}"))
                 continue
             except pika.exceptions.NackError:
+                # A quorum queue refuses while it has no leader within reach, and a channel
+                # can go on refusing after a new leader took over on another node
+                # (rabbitmq-server#15333): start again on a new connection.
+                self._renew(f"the broker refused a message for {item.queue!r}")
                 item.done.set_exception(BrokerUnavailableError(
-                    f"broker refused the message for {item.queue!r} (queue full?)"))
-                continue
+                    f"broker refused the message for {item.queue!r} (queue unavailable or "
+                    "full)"))
+                return
             except BaseException as e:
                 item.done.set_exception(BrokerUnavailableError(f"publishing failed: {e!r}"))
                 raise
             BROKER_CONFIRMED.labels(label).inc()
             item.done.set_result(None)
 
-    def _lost(self, error: BaseException) -> None:
-        logger.warning("connection to broker %s lost (%s); reconnecting", redact(self.url),
-                       type(error).__name__)
+    def _renew(self, why: str) -> None:
+        """Close the connection and let :meth:`run` open a new one (what was waiting fails
+        and is tried again by its caller, as after a lost connection)."""
+        logger.warning("%s; connecting to broker %s again", why, redact(self.url))
+        close_quietly(self._connection)
+        self._lost(None)
+
+    def _lost(self, error: BaseException | None) -> None:
+        if error is not None:
+            logger.warning("connection to broker %s lost (%s); reconnecting", redact(self.url),
+                           type(error).__name__)
         self.connected.clear()
         self._connection = None
         self._fail_pending(BrokerUnavailableError(f"broker {redact(self.url)} went away"))

@@ -89,7 +89,7 @@ class ScaledNode(Node):
         # the pool's model is known once loaded (start); jobs are published after that
         queue = BrokerJobQueue(self.publisher, PoolModel("", ""))
         intake = BrokerIntake(store, queue, records, handoff=Handoff(0),
-                              purge=s.purge_delivered, checksums=True)
+                              purge=s.purge_delivered, checksums=True, audit=self.audit)
         return store, records, intake
 
     def consumer(self, queues: list[str], prefetch: int) -> Consumer:
@@ -121,7 +121,8 @@ class ScaledNode(Node):
         if "send" in self.roles:
             self.sender = BrokerSender(s, self.records, self.store, self.stop_event,
                                        self.publisher, self.consumer([topology.DELIVER],
-                                                                     2 * BATCH))
+                                                                     2 * BATCH),
+                                       self.audit)
             self.sender.start()
         if "receive" in self.roles:
             reconcile(self.intake, s.reconcile_grace_s, s.score_timeout_s)
@@ -129,6 +130,7 @@ class ScaledNode(Node):
             self.server = start_scp(self.scp, (s.bind, s.dicom_port),
                                     scp_handlers(self.intake), s.server_ssl_context())
         self.ready.set()
+        self.audit.application_start()
         logger.info("roles %s on broker %s (model %s)", ", ".join(sorted(self.roles)),
                     redact(s.broker), self.model.sha256[:12] if self.model else "-")
 

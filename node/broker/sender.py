@@ -16,6 +16,7 @@ import threading
 import time
 from collections import defaultdict
 
+from node.audit import AuditTrail
 from node.broker import topology
 from node.broker.client import BACKOFF_S, BrokerUnavailableError, Publisher
 from node.broker.consumer import Consumer, Received
@@ -37,8 +38,9 @@ FILL_WAIT_S = 0.05
 
 class BrokerSender(Sender):
     def __init__(self, settings: Settings, records: JobRecords, store: ObjectStore,
-                 stop: threading.Event, publisher: Publisher, consumer: Consumer) -> None:
-        super().__init__(settings, records, store, stop)
+                 stop: threading.Event, publisher: Publisher, consumer: Consumer,
+                 audit: AuditTrail | None = None) -> None:
+        super().__init__(settings, records, store, stop, audit)
         self.publisher = publisher
         self.consumer = consumer
 

@@ -36,7 +36,7 @@ from node.core.scoring import score_document
 from node.jobs.intake import Intake, Work
 from node.jobs.model import FINAL_STATES, JobOutcome, Ticket
 from node.jobs.storage import OUTBOX, SpoolFullError, StoreUnavailableError
-from node.jobs.worker import Worker
+from node.jobs.views import ViewWorker
 from node.metrics import BROKER_DEAD_LETTERED
 from node.settings import Settings
 
@@ -76,7 +76,7 @@ class _Settle:
         raise SpoolFullError(errno.ENOSPC, f"no room for the results of job {ticket.job_id}")
 
 
-class BrokerWorker(Worker):
+class BrokerWorker(ViewWorker):
     """A :class:`~node.jobs.worker.Worker` fed by the broker (``cxr.jobs``, ``cxr.score``)."""
 
     transient_store_errors = True
@@ -195,6 +195,7 @@ class BrokerWorker(Worker):
         return True
 
     def closed(self, work: Work, outcome: JobOutcome, result: Outcome | None) -> None:
+        super().closed(work, outcome, result)  # the job's view for /ui
         ticket = work.ticket
         if ticket.origin != "http" and not self._publish_deliveries(ticket.job_id):
             # not acknowledged: kept, and tried again (its record is closed: only the

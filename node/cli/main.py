@@ -9,6 +9,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from domain import EXPLAIN_CHOICES
+from node.audit.command import add_audit_command
 
 logger = logging.getLogger(__name__)
 
@@ -113,7 +114,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--broker-ca", type=Path)
     p.add_argument("--id", type=int, action="append", dest="ids", help="delivery id")
     p.set_defaults(func=cmd_resend)
-
+    add_audit_command(sub)  # cxr-node audit: the audit trail, its reading recorded
     p = sub.add_parser("demo-model", help="write an UNTRAINED 26-label DenseNet121 and its card "
                                           "(for plumbing checks only: its outputs mean nothing)")
     p.add_argument("path", type=Path)
@@ -224,6 +225,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
         problems = "; ".join(f"{'.'.join(map(str, err['loc']))}: {err['msg']}"
                              for err in e.errors())
         raise ValueError(f"bad settings: {problems}") from e
+    if settings.malloc_arenas is not None:  # before the node's threads exist
+        from node.core.memory import limit_arenas
+
+        limit_arenas(settings.malloc_arenas)
     if settings.broker is None:
         Node(settings).serve_forever()
         return EXIT_OK

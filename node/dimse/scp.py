@@ -48,6 +48,37 @@ def handle_echo(event: evt.Event) -> int:
     return status.SUCCESS
 
 
+def handle_rejected(event: evt.Event, intake: Intake) -> None:
+    """An association refused: a Security Alert in the audit trail (IHE ATNA), with the
+    reason told from the AE's own rules (pynetdicom's event does not carry it)."""
+    assoc = event.assoc
+    calling = assoc.requestor.ae_title.strip()
+    primitive = assoc.requestor.primitive
+    called = primitive.called_ae_title.strip() if primitive is not None else ""
+    if assoc.ae.require_calling_aet and calling not in assoc.ae.require_calling_aet:
+        reason = f"calling AE title {calling!r} not allowed"
+    elif assoc.ae.require_called_aet and called != assoc.ae.ae_title:
+        reason = f"called AE title {called!r} not recognised"
+    else:
+        reason = "association rejected (too many associations, or unsupported request)"
+    intake.audit.association_rejected(calling, assoc.requestor.address, reason)
+
+
+def handle_conn_open(event: evt.Event) -> None:
+    """Give the accepted socket the association's network timeout. Upstream limitation:
+    pynetdicom sets it on the listening socket only, and Python's ``accept`` returns a
+    blocking socket, so a peer that stops in the middle of a PDU (or stops reading) would
+    hold its association thread for ever; with the timeout its read (or write) fails after
+    ``network_timeout_s`` and the association is closed."""
+    transport = event.assoc.dul.socket
+    sock = transport.socket if transport is not None else None
+    if sock is not None:
+        try:
+            sock.settimeout(event.assoc.network_timeout)
+        except OSError as e:  # closed meanwhile: the association ends on its own
+            logger.debug("socket timeout not set: %s", e)
+
+
 def handle_store(event: evt.Event, intake: Intake) -> int:
     """Parse and gate the object once, store it as received (file meta + encoded data set)
     durably, record and queue its job, then succeed. The gate's verdict is recorded, never
@@ -58,6 +89,7 @@ def handle_store(event: evt.Event, intake: Intake) -> int:
         sop_class = str(event.request.AffectedSOPClassUID)
         calling = event.assoc.requestor.ae_title.strip()
         received = receive(data, "dimse", calling)
+        received.address = event.assoc.requestor.address
         header = received.dataset
         data_class = str(header.get("SOPClassUID", ""))
         data_uid = str(header.get("SOPInstanceUID", ""))
@@ -105,10 +137,11 @@ def make_scp(settings: Settings, intake: Intake) -> AE:
 
 
 def scp_handlers(intake: Intake) -> list:
-    """The SCP's event handlers: C-ECHO, C-STORE into ``intake``, and TCP_NODELAY on every
-    accepted connection."""
+    """The SCP's event handlers: C-ECHO, C-STORE into ``intake``, refused associations to
+    its audit trail, and TCP_NODELAY and the network timeout on every accepted connection."""
     return [(evt.EVT_C_ECHO, handle_echo), (evt.EVT_C_STORE, handle_store, [intake]),
-            no_delay_handler()]
+            (evt.EVT_REJECTED, handle_rejected, [intake]), no_delay_handler(),
+            (evt.EVT_CONN_OPEN, handle_conn_open)]
 
 
 def start_scp(ae: AE, address: tuple[str, int], handlers: list,

@@ -1,7 +1,8 @@
 """The C-STORE SCU: result files to a peer, streamed as stored where the peer allows.
 
 Every association it opens, and every one the SCP accepts, gets ``TCP_NODELAY`` through
-pynetdicom's ``EVT_CONN_OPEN`` (:func:`no_delay_handler`).
+pynetdicom's ``EVT_CONN_OPEN`` (:func:`no_delay_handler`). A peer with TLS settings
+(``destination_tls``) is reached over TLS, its certificate verified.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from pynetdicom import AE, _config, evt
 
 from dicom_io import status
+from node.outbound import DestinationTLS, OutboundError
 from node.settings import Peer
 
 logger = logging.getLogger(__name__)
@@ -51,9 +53,11 @@ def no_delay_handler() -> tuple:
     return (evt.EVT_CONN_OPEN, _on_conn_open)
 
 
-def associate(ae: AE, host: str, port: int, called_ae: str):
-    """``ae.associate(...)`` with :func:`no_delay` on its connection."""
-    return ae.associate(host, port, ae_title=called_ae, evt_handlers=[no_delay_handler()])
+def associate(ae: AE, host: str, port: int, called_ae: str, tls_args: tuple | None = None):
+    """``ae.associate(...)`` with :func:`no_delay` on its connection (over TLS with
+    ``tls_args``: an ``SSLContext`` and the server's name)."""
+    return ae.associate(host, port, ae_title=called_ae, evt_handlers=[no_delay_handler()],
+                        tls_args=tls_args)
 
 
 def stream_files_as_stored() -> None:
@@ -96,12 +100,15 @@ def _store(assoc, item: Outgoing):
 
 
 def send_files(
-    peer: Peer, items: Sequence[Outgoing], calling_ae: str, timeout: float = 60
+    peer: Peer, items: Sequence[Outgoing], calling_ae: str, timeout: float = 60,
+    tls: DestinationTLS | None = None,
 ) -> list[tuple[Path, str | None]]:
-    """C-STORE ``items`` to ``peer`` in one association; per file ``None`` or the failure.
+    """C-STORE ``items`` to ``peer`` in one association (over TLS with ``tls``); per file
+    ``None`` or the failure.
 
     Success and warning statuses count as delivered; anything else (a failure status, no
-    response, a rejected context, a file that is gone) is a failure with its reason.
+    response, a rejected context, a file that is gone, TLS files that cannot be loaded, a
+    failed TLS handshake) is a failure with its reason.
     """
     results: list[tuple[Path, str | None]] = []
     datasets: list[tuple[Path, Outgoing]] = []
@@ -122,10 +129,21 @@ def send_files(
                       if item.sop_class_uid == sop_class} - UNCOMPRESSED)
         for syntax in (*own, ExplicitVRLittleEndian, ImplicitVRLittleEndian):
             ae.add_requested_context(sop_class, syntax)
-    assoc = associate(ae, peer.host, peer.port, peer.ae_title)
+    context, tls_args = None, None
+    if tls is not None:
+        try:
+            context = tls.client_context()
+        except OutboundError as e:
+            return results + [(p, f"TLS to {peer}: {e}") for p, _ in datasets]
+        tls_args = (context, tls.server_name or peer.host)
+        ae.connection_timeout = timeout  # the handshake's too
+    assoc = associate(ae, peer.host, peer.port, peer.ae_title, tls_args)
     if not assoc.is_established:
         why = "rejected" if assoc.is_rejected else "aborted" if assoc.is_aborted else "no answer"
-        return results + [(p, f"association with {peer} {why}") for p, _ in datasets]
+        reason = f"association with {peer} {why}"
+        if context is not None and context.failure() is not None:
+            reason = f"TLS with {peer} failed: {context.failure()}"
+        return results + [(p, reason) for p, _ in datasets]
     try:
         for path, item in datasets:
             try:

@@ -22,6 +22,9 @@ async def require_token(request: Request) -> None:
     scheme, _, value = given.partition(" ")
     if scheme.lower() != "bearer" or not hmac.compare_digest(value.strip().encode(),
                                                              token.encode()):
+        request.app.state.node.audit.user_authentication(
+            None, False, address=request.client.host if request.client else None,
+            detail=f"bearer token {'refused' if value else 'missing'}: {request.url.path}")
         raise ApiError(401, "unauthorized", "a valid bearer token is required",
                           headers={"WWW-Authenticate": 'Bearer realm="cxr-node"'})
 

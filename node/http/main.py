@@ -7,8 +7,11 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI, Request
 
+from node import version
 from node.http import errors
 from node.http.routers import ops, score, stow
+from node.http.timeouts import BodyTimeout
+from node.http.ui import install as _ui_install
 from node.metrics import HTTP_LATENCY, HTTP_REQUESTS
 
 
@@ -21,11 +24,12 @@ def create_app(node) -> FastAPI:
             node.start()  # loads the model, recovers the spool, starts workers
         yield
 
-    app = FastAPI(title="cxr-node", version="0.1.0", lifespan=lifespan,
+    app = FastAPI(title="cxr-node", version=version(), lifespan=lifespan,
                   description="Chest X-ray AI node: scoring, DICOMweb STOW-RS, operations.")
     app.state.node = node
     errors.install(app)
     app.include_router(ops.router)
+    _ui_install(app)  # the operators' page at /ui
     if node.receives:  # a scaled node's worker or sender: operations only
         app.include_router(score.router)
         app.include_router(stow.router)
@@ -40,4 +44,6 @@ def create_app(node) -> FastAPI:
         HTTP_REQUESTS.labels(name, str(response.status_code)).inc()
         return response
 
+    # outermost: a body that does not arrive in time is answered 408 and its connection closed
+    app.add_middleware(BodyTimeout, timeout_s=node.settings.http_body_timeout_s)
     return app

@@ -1,4 +1,5 @@
-"""STOW-RS out: store result objects to a DICOMweb server with dicomweb-client."""
+"""STOW-RS out: store result objects to a DICOMweb server with dicomweb-client, with the
+destination's credentials (``dicomweb_auth``) read for each request."""
 
 from __future__ import annotations
 
@@ -8,6 +9,8 @@ from pathlib import Path
 
 import pydicom
 from pydicom.dataset import Dataset
+
+from node.outbound import DicomwebAuth, OutboundError
 
 logger = logging.getLogger(__name__)
 
@@ -26,9 +29,22 @@ def read_result_files(paths: Sequence[Path]
     return datasets, failures
 
 
+def _all_refused(error: Exception) -> Dataset | None:
+    """The answer carried by a 409 (every instance refused, PS3.18 10.5.3), whose Failed SOP
+    Sequence says why each was; ``None`` for any other error."""
+    response = getattr(error, "response", None)
+    if response is None or response.status_code != 409:
+        return None
+    try:
+        return Dataset.from_json(response.json())
+    except Exception:  # not a DICOM JSON answer: the HTTP error is the reason
+        return None
+
+
 def stow_files(url: str, paths: Sequence[Path], timeout: float = 60,
-               token: str | None = None) -> list[tuple[Path, str | None]]:
-    """Store ``paths`` in one STOW-RS request; per file ``None`` or why it failed."""
+               auth: DicomwebAuth | None = None) -> list[tuple[Path, str | None]]:
+    """Store ``paths`` in one STOW-RS request (authenticated with ``auth``); per file
+    ``None`` or why it failed (credentials that cannot be read, a refusal: 401, 403...)."""
     from dicomweb_client.api import DICOMwebClient
     from requests import Session
 
@@ -36,19 +52,26 @@ def stow_files(url: str, paths: Sequence[Path], timeout: float = 60,
     if not datasets:
         return results
     session = Session()
-    if token:
-        session.headers["Authorization"] = f"Bearer {token}"
-    client = DICOMwebClient(url, session=session)
+    if auth is not None:
+        try:
+            session.auth = auth.http_auth()
+        except OutboundError as e:
+            return results + [(p, f"STOW-RS to {url}: {e}") for p, _ in datasets]
+    client = DICOMwebClient(url, session=session, timeout=timeout)
     client.set_http_retry_params(retry=False)
+    unlisted: str | None = None  # what an instance the answer does not name gets
     try:
         response = client.store_instances([ds for _, ds in datasets])
     except Exception as e:
         reason = f"STOW-RS to {url} failed: {type(e).__name__}: {str(e)[:200]}"
-        return results + [(p, reason) for p, _ in datasets]
-    failed = {str(item.ReferencedSOPInstanceUID): int(item.get("FailureReason", 0x0110))
+        response, unlisted = _all_refused(e), reason
+        if response is None:
+            return results + [(p, reason) for p, _ in datasets]
+    failed = {str(item.get("ReferencedSOPInstanceUID", "")):
+              int(item.get("FailureReason", 0x0110))
               for item in (response.get("FailedSOPSequence", []) if response else [])}
     for path, ds in datasets:
         code = failed.get(str(ds.SOPInstanceUID))
-        results.append((path, None if code is None else
+        results.append((path, unlisted if code is None else
                          f"STOW-RS to {url}: failure reason 0x{code:04X}"))
     return results

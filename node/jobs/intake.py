@@ -22,11 +22,13 @@ from typing import Any
 from pydicom.dataset import Dataset
 
 from dicom_io import DeclinedError, DicomIOError, check_header, read_dataset
+from node.audit import AuditTrail
+from node.core.errors import OutOfResourcesError
 from node.jobs.model import JobOutcome, Ticket
 from node.jobs.queue import JobQueue, QueueFullError
 from node.jobs.records import JobRecords
 from node.jobs.storage import INCOMING, ObjectStore
-from node.metrics import JOBS
+from node.metrics import DECLINED, JOBS
 
 logger = logging.getLogger(__name__)
 
@@ -47,6 +49,8 @@ class Received:
     verdict: DicomIOError | None = None
     #: when it arrived (epoch seconds): dates its results
     at: float = field(default_factory=time.time)
+    #: the sender's IP address, where known (the audit trail names it)
+    address: str | None = None
 
     @property
     def sop_instance_uid(self) -> str | None:
@@ -135,8 +139,10 @@ class Intake:
 
     def __init__(self, store: ObjectStore, queue: JobQueue, records: JobRecords, *,
                  handoff: Handoff | None = None, purge: bool = True,
-                 checksums: bool = False) -> None:
+                 checksums: bool = False, audit: AuditTrail | None = None) -> None:
         self.store = store
+        #: what was received goes into the audit trail (DICOM Instances Transferred)
+        self.audit = audit if audit is not None else AuditTrail.off()
         #: tickets carry the object's sha256 (a store shared by machines: checked on reading)
         self.checksums = checksums
         self.queue = queue
@@ -146,6 +152,8 @@ class Intake:
         self.wake = threading.Event()
         self._lane: deque[Work] = deque()
         self._lane_lock = threading.Lock()
+        #: jobs refused while being stored whose records could not be closed yet
+        self._refused: list[int] = []
 
     def depth(self) -> int:
         return self.queue.depth() + len(self._lane)
@@ -162,6 +170,8 @@ class Intake:
             QueueFullError: ``max_depth`` jobs are waiting; nothing was written.
         """
         self._check_depth(max_depth)
+        if self._refused:
+            self._close_refused()
         key = self.store.put(INCOMING, received.data)
         job_id = None
         try:
@@ -170,9 +180,13 @@ class Intake:
                                        received.options, outcome)
             if outcome is not None:
                 JOBS.labels(received.origin, outcome.state).inc()
+                if outcome.state == "skipped":
+                    DECLINED.labels(outcome.code or "-").inc()
                 logger.info("received %s from %s as job %d: %s", uid,
                             received.calling_ae or "-", job_id, outcome)
+                self.audit.instances_received(received)
                 if self.purge:
+                    self.audit.deleting(self.store, key)
                     self.store.delete(key)
                 return job_id
             # Before the ticket exists: a worker claiming it at once must find it here.
@@ -184,13 +198,29 @@ class Intake:
             self.handoff.take(key)
             self.store.delete(key)
             if job_id is not None:
-                self.records.close(job_id, JobOutcome("failed", "not-stored",
-                                                      "refused while being stored"))
+                self._close_refused(job_id)
             raise
         logger.info("received %s from %s as job %d (%s)", uid, received.calling_ae or "-",
                     job_id, received.origin)
         self.wake.set()
+        self.audit.instances_received(received)
         return job_id
+
+    def _close_refused(self, *job_ids: int) -> None:
+        """Close the records of objects refused while being stored (their senders were told
+        so). When the records have no room either (a full disk), they are kept here and
+        closed by a later :meth:`accept`: no job stays queued without its object."""
+        with self._lane_lock:
+            pending, self._refused = [*self._refused, *job_ids], []
+        for i, job_id in enumerate(pending):
+            try:
+                self.records.close(job_id, JobOutcome("failed", "not-stored",
+                                                      "refused while being stored"))
+            except OutOfResourcesError as e:
+                logger.warning("job %d: refused, its record not closed yet: %s", job_id, e)
+                with self._lane_lock:
+                    self._refused += pending[i:]
+                return
 
     def submit(self, received: Received, max_depth: int | None = None) -> tuple[int, Future]:
         """Queue ``received`` in memory for the workers; its job id and the future of its

@@ -39,7 +39,7 @@ logger = logging.getLogger(__name__)
 T = TypeVar("T")
 Conn = psycopg.Connection[DictRow]
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 #: The row of ``schema_version`` these tables own (other parts may share the database).
 COMPONENT = "job_records"
 #: ``pg_advisory_xact_lock`` key held while the schema is created or migrated.
@@ -114,9 +114,20 @@ def _create_v1(conn: Conn) -> None:
         conn.execute(statement)
 
 
+def _v1_to_v2(conn: Conn) -> None:
+    """Schema 2: the operators' page's tables and indexes, as SQLite's schema 2."""
+    from node.jobs.sqlite import SCHEMA_V2
+
+    for statement in SCHEMA_V2.split(";"):
+        if statement.strip():
+            conn.execute(statement.replace("INTEGER PRIMARY KEY", "BIGINT PRIMARY KEY")
+                         .replace("job_id INTEGER", "job_id BIGINT")
+                         .replace("REAL", "DOUBLE PRECISION"))
+
+
 #: ``MIGRATIONS[n]`` takes a database of schema ``n`` to ``n + 1``, in the transaction that
 #: holds :data:`SCHEMA_LOCK`.
-MIGRATIONS: list[Callable[[Conn], None]] = [_create_v1]
+MIGRATIONS: list[Callable[[Conn], None]] = [_create_v1, _v1_to_v2]
 
 
 def _migrate(conn: Conn, where: str) -> None:

@@ -10,6 +10,7 @@ import time
 from collections import defaultdict
 from pathlib import Path
 
+from node.audit import AuditTrail
 from node.dimse.scu import Outgoing, send_files
 from node.http.stow_client import stow_files
 from node.jobs.model import Delivery
@@ -30,9 +31,11 @@ def backoff(settings: Settings, attempts: int) -> float | None:
 
 class Sender(threading.Thread):
     def __init__(self, settings: Settings, records: JobRecords, store: ObjectStore,
-                 stop: threading.Event) -> None:
+                 stop: threading.Event, audit: AuditTrail | None = None) -> None:
         super().__init__(name="sender", daemon=True)
         self.settings = settings
+        #: what is sent and deleted goes into the audit trail
+        self.audit = audit if audit is not None else AuditTrail.off()
         self.records = records
         self.store = store
         self.stop_event = stop
@@ -67,12 +70,15 @@ class Sender(threading.Thread):
         by_path: dict[Path, Delivery] = {self.store.local_path(d.key): d for d in items}
         timeout = self.settings.network_timeout_s
         if destination.startswith(("http://", "https://")):
-            results = stow_files(destination, list(by_path), timeout)
+            results = stow_files(destination, list(by_path), timeout,
+                                 self.settings.dicomweb_auth.get(destination))
         else:
+            peer = Peer.parse(destination)
             outgoing = [Outgoing(p, d.sop_class_uid, d.transfer_syntax_uid)
                         for p, d in by_path.items()]
-            results = send_files(Peer.parse(destination), outgoing, self.settings.ae_title,
-                                 timeout=timeout)
+            results = send_files(peer, outgoing, self.settings.ae_title, timeout=timeout,
+                                 tls=self.settings.destination_tls.get(peer.ae_title))
+        self.audit.instances_sent(destination, results)
         out = []
         for path, error in results:
             DELIVERIES.labels("sent" if error is None else "failed").inc()
@@ -102,8 +108,10 @@ class Sender(threading.Thread):
         if not self.settings.purge_delivered:
             return
         if not self.records.key_needed(d.key):
+            self.audit.deleting(self.store, d.key)
             self.store.delete(d.key)
         if self.records.unsent_deliveries(d.job_id) == 0:
             job = self.records.job(d.job_id)
             if job is not None and job.key is not None:
+                self.audit.deleting(self.store, job.key)
                 self.store.delete(job.key)

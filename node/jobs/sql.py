@@ -107,6 +107,19 @@ class SqlJobRecords(ABC):
     def _json(self, value: dict[str, Any]) -> Any:
         """``value`` as the backend stores JSON (SQLite: text, PostgreSQL: JSONB)."""
 
+    def select(self, query: str, args: Sequence[Any] = ()) -> list[Row]:
+        """The rows of a read-only ``query`` (``?`` placeholders): for the pages' queries
+        (:mod:`node.jobs.browse`), which are written once for every backend as well."""
+        return self._rows(query, args)
+
+    def execute(self, query: str, args: Sequence[Any] = ()) -> int:
+        """One statement (``?`` placeholders) in a transaction of its own; rows changed."""
+        return self._update(query, args)
+
+    def reading(self, work: Callable[[Rows], T]) -> T:
+        """``work`` given a way to run queries, on one connection where that matters."""
+        return self._read(work)
+
     def _read(self, work: Callable[[Rows], T]) -> T:
         """``work`` given a way to run queries, all on one connection where that matters
         (PostgreSQL: one transaction instead of one pooled checkout per query)."""

@@ -11,6 +11,7 @@ by a newer node with nothing lost.
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import sqlite3
@@ -21,9 +22,13 @@ from pathlib import Path
 
 import pydicom
 
+from node.jobs.storage import SpoolFullError
+
 logger = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+#: SQLite's result code for a full disk ("database or disk is full").
+SQLITE_FULL = 13
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS jobs (
@@ -68,6 +73,29 @@ CREATE TABLE IF NOT EXISTS queue (
 CREATE INDEX IF NOT EXISTS queue_ready ON queue(leased, available_at, job_id);
 """
 
+#: Schema 2: what the operators' page (/ui) reads: filters' indexes, each done job's view
+#: (findings, explanation, result UIDs) and its findings per day for the model monitor.
+SCHEMA_V2 = """
+CREATE INDEX IF NOT EXISTS jobs_code ON jobs(code, id);
+CREATE INDEX IF NOT EXISTS jobs_calling_ae ON jobs(calling_ae, id);
+CREATE INDEX IF NOT EXISTS jobs_created ON jobs(created);
+CREATE TABLE IF NOT EXISTS job_views (
+    job_id INTEGER PRIMARY KEY,
+    created REAL NOT NULL,
+    summary TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS job_views_created ON job_views(created);
+CREATE TABLE IF NOT EXISTS job_findings (
+    job_id INTEGER NOT NULL,
+    label TEXT NOT NULL,
+    day INTEGER NOT NULL,
+    probability REAL NOT NULL,
+    positive INTEGER NOT NULL,
+    PRIMARY KEY (job_id, label)
+);
+CREATE INDEX IF NOT EXISTS job_findings_day ON job_findings(day, label);
+"""
+
 
 class SchemaError(RuntimeError):
     """The job database is of a newer release than this one, or cannot be migrated."""
@@ -94,14 +122,24 @@ class Database:
 
     @contextmanager
     def transaction(self) -> Iterator[sqlite3.Connection]:
+        """``BEGIN IMMEDIATE`` ... ``COMMIT``, rolled back on any error. A full disk
+        (``SQLITE_FULL``, in a statement or at the commit) raises
+        :class:`~node.jobs.storage.SpoolFullError`: out of resources, nothing written."""
         db = self.connection()
-        db.execute("BEGIN IMMEDIATE")
         try:
-            yield db
-        except BaseException:
-            db.execute("ROLLBACK")
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                yield db
+                db.execute("COMMIT")
+            except BaseException:
+                if db.in_transaction:  # SQLite may have rolled back already (SQLITE_FULL)
+                    db.execute("ROLLBACK")
+                raise
+        except sqlite3.OperationalError as e:
+            if getattr(e, "sqlite_errorcode", None) == SQLITE_FULL or \
+                    "database or disk is full" in str(e):
+                raise SpoolFullError(errno.ENOSPC, f"job database full: {e}") from e
             raise
-        db.execute("COMMIT")
 
     def version(self) -> int:
         return int(self.connection().execute("PRAGMA user_version").fetchone()[0])
@@ -115,7 +153,7 @@ class Database:
                 raise SchemaError(f"job database {self.path} has schema {version}; this "
                                   f"release reads up to {SCHEMA_VERSION}: upgrade cxr-node")
             if version == 0 and not legacy:  # a new file
-                for statement in SCHEMA.split(";"):
+                for statement in (SCHEMA + SCHEMA_V2).split(";"):
                     if statement.strip():
                         db.execute(statement)
                 db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
@@ -183,5 +221,13 @@ def _v0_to_v1(db: sqlite3.Connection, root: Path) -> None:
     db.execute("DROP TABLE jobs_v0")
 
 
+def _v1_to_v2(db: sqlite3.Connection, root: Path) -> None:
+    """Schema 1 (releases up to issue #18): the tables and indexes of the operators' page;
+    jobs closed before have no view (the page says so)."""
+    for statement in SCHEMA_V2.split(";"):
+        if statement.strip():
+            db.execute(statement)
+
+
 #: ``MIGRATIONS[n]`` takes a database of schema ``n`` to ``n + 1`` (the spool root given).
-MIGRATIONS: list[Callable[[sqlite3.Connection, Path], None]] = [_v0_to_v1]
+MIGRATIONS: list[Callable[[sqlite3.Connection, Path], None]] = [_v0_to_v1, _v1_to_v2]

@@ -110,9 +110,13 @@ class SpoolStore:
         return self.root / area / name
 
     def check_room(self, size: int) -> None:
-        """Raise :class:`SpoolFullError` unless ``size`` more bytes fit."""
+        """Raise :class:`SpoolFullError` unless ``size`` more bytes fit the quota and leave
+        ``min_free_bytes`` free. Without a floor the disk is not asked: free space is an
+        estimate (a share's more so), the write's own ENOSPC is the answer."""
         if self.quota_bytes is not None and self._used + size > self.quota_bytes:
             raise SpoolFullError(errno.EDQUOT, f"spool quota reached ({self._used} bytes used)")
+        if self.min_free_bytes <= 0:  # no floor: the write itself finds out (ENOSPC)
+            return
         free = shutil.disk_usage(self.root).free
         if free - size < self.min_free_bytes:
             raise SpoolFullError(errno.ENOSPC, f"disk nearly full ({free} bytes free)")

@@ -21,7 +21,7 @@ from node.core.errors import OutOfResourcesError
 from node.core.memory import trim
 from node.core.pipeline import Outcome, Pipeline
 from node.jobs.intake import Intake, Work
-from node.jobs.model import JobOutcome, ResultObject
+from node.jobs.model import JobOutcome, ResultObject, Ticket
 from node.jobs.storage import OUTBOX, SpoolFullError, StoreUnavailableError
 from node.metrics import BATCH_SIZE, JOBS
 from node.settings import Settings
@@ -51,13 +51,18 @@ class Worker(threading.Thread):
         self.pipeline = pipeline
         self.stop_event = stop
         self.decoder = ThreadPoolExecutor(max_workers=2, thread_name_prefix=f"{name}-decode")
+        #: tickets of a batch stopped for want of room, not yet given back to the queue
+        self._held: list[Ticket] = []
 
     def run(self) -> None:
         size = self.settings.batch_size
         delay = self.settings.max_queue_delay_ms / 1000
         used = False  # memory freed since the last trim
         while not self.stop_event.is_set():
+            work: list[Work] = []
             try:
+                if self._held:
+                    self._release()
                 work = self.intake.claim(size)
                 if not work:
                     if used:  # idle: give the freed pages of the last batches back
@@ -71,10 +76,28 @@ class Worker(threading.Thread):
                     work += self.intake.claim(size - len(work))
                 used = True
                 self.process(work)
+            except OutOfResourcesError as e:  # the records had no room (a full disk)
+                logger.error("worker %s: batch of %d stopped, out of resources (%s); its jobs "
+                             "are tried again", self.name, len(work), e)
+                self._release([w.ticket for w in work if w.ticket.key is not None])
+                self.stop_event.wait(1)
             except Exception:  # the worker never dies; the jobs stay for recovery
                 logger.exception("worker %s: batch failed", self.name)
                 self.stop_event.wait(1)
         self.decoder.shutdown(wait=False)
+
+    def _release(self, tickets: Sequence[Ticket] = ()) -> None:
+        """Give the leases of a stopped batch back to the queue (the embedded queue returns
+        leases only at start otherwise), in :data:`NO_ROOM_RETRY_S`; those it cannot take
+        now (no room for that either) are kept and given back at the next turn. A ticket
+        settled already is not in the queue any more: nothing happens to it."""
+        held, self._held = [*self._held, *tickets], []
+        for i, ticket in enumerate(held):
+            try:
+                self.queue.retry_later(ticket, NO_ROOM_RETRY_S)
+            except OutOfResourcesError:
+                self._held = held[i:]
+                return
 
     def _load(self, work: Work) -> SourceImage | DicomIOError:
         """Decode the job's image. Gated where it arrived; an object read back from storage

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import json
 import subprocess
@@ -29,6 +30,8 @@ class Receiver:
     proc: subprocess.Popen | None = None
     #: storescp's transfer syntax option: ``+xa`` any, ``+xi`` implicit VR little endian only
     syntaxes: str = "+xa"
+    #: storescp's TLS options, e.g. ``("+tls", key, cert, "+cf", ca)``; none: plain TCP
+    tls: tuple[str, ...] = ()
 
     @property
     def address(self) -> str:
@@ -37,8 +40,8 @@ class Receiver:
     def start(self) -> Receiver:
         self.folder.mkdir(parents=True, exist_ok=True)
         self.proc = subprocess.Popen(
-            ["storescp", self.syntaxes, "+uf", "-fe", ".dcm", "-aet", self.ae_title, "-od",
-             str(self.folder), str(self.port)],
+            ["storescp", self.syntaxes, *self.tls, "+uf", "-fe", ".dcm", "-aet", self.ae_title,
+             "-od", str(self.folder), str(self.port)],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         wait_port(self.port, 30, self.proc)
         return self
@@ -109,6 +112,8 @@ class Orthanc:
     dicom_port: int = 0
     ae_title: str = "ORTHANC"
     proc: subprocess.Popen | None = None
+    #: user -> password: HTTP authentication on (basic), and these helpers authenticate
+    users: dict[str, str] | None = None
 
     def start(self, modalities: dict[str, list] | None = None) -> Orthanc:
         self.http_port = self.http_port or free_port()
@@ -119,7 +124,8 @@ class Orthanc:
             "Name": "cxr-node-test", "StorageDirectory": str(self.folder / "db"),
             "IndexDirectory": str(self.folder / "db"), "HttpPort": self.http_port,
             "DicomPort": self.dicom_port, "DicomAet": self.ae_title,
-            "RemoteAccessAllowed": False, "AuthenticationEnabled": False,
+            "RemoteAccessAllowed": False, "AuthenticationEnabled": bool(self.users),
+            "RegisteredUsers": self.users or {},
             "DicomModalities": modalities or {}, "DicomAlwaysAllowStore": True,
             "DicomCheckCalledAet": False, "Plugins": [plugin] if Path(plugin).exists() else [],
             "DicomWeb": {"Enable": True, "Root": "/dicom-web/"},
@@ -142,21 +148,31 @@ class Orthanc:
     def url(self) -> str:
         return f"http://127.0.0.1:{self.http_port}"
 
+    def headers(self) -> dict[str, str]:
+        """Basic authentication as the first of ``users``, if any."""
+        if not self.users:
+            return {}
+        user, password = next(iter(self.users.items()))
+        return {"Authorization": "Basic " + base64.b64encode(f"{user}:{password}".encode())
+                .decode()}
+
     def get(self, path: str):
-        with urllib.request.urlopen(self.url + path, timeout=30) as r:
+        req = urllib.request.Request(self.url + path, headers=self.headers())
+        with urllib.request.urlopen(req, timeout=30) as r:
             return json.loads(r.read())
 
     def post(self, path: str, body: bytes | dict, content_type: str = "application/json"):
         data = json.dumps(body).encode() if isinstance(body, dict) else body
         req = urllib.request.Request(self.url + path, data=data, method="POST",
-                                     headers={"Content-Type": content_type})
+                                     headers={"Content-Type": content_type, **self.headers()})
         with urllib.request.urlopen(req, timeout=120) as r:
             text = r.read()
         return json.loads(text) if text else None
 
     def put(self, path: str, body: dict):
         req = urllib.request.Request(self.url + path, data=json.dumps(body).encode(),
-                                     method="PUT", headers={"Content-Type": "application/json"})
+                                     method="PUT", headers={"Content-Type": "application/json",
+                                                            **self.headers()})
         with urllib.request.urlopen(req, timeout=30) as r:
             return r.read()
 

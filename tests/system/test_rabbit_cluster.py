@@ -159,3 +159,36 @@ def test_amqps_with_client_certificate(rabbit: RabbitCluster, queues) -> None:
         ch.queue_declare(queue, durable=True, arguments=QUORUM)
         publish(ch, queue, b"over tls")
     assert get_one(rabbit.tls_urls[2], queue, ssl_options=tls)[1] == b"over tls"
+
+
+def test_a_refused_publish_fails_and_the_publisher_reconnects(rabbit: RabbitCluster, queues,
+                                                               caplog) -> None:
+    """A nack (here: a full queue) is the caller's error, naming the queue; the publisher then
+    opens a new connection (a quorum queue's channel may go on refusing after its leader
+    moved) and publishes again."""
+    from node.broker.client import BrokerUnavailableError, Publisher, parameters
+
+    url = rabbit.url(1)
+    full = queues("full")
+    with channel(url) as ch:
+        ch.queue_declare(full, durable=True, arguments={
+            **QUORUM, "x-max-length": 1, "x-overflow": "reject-publish"})
+    publisher = Publisher(url, parameters(url), [], timeout_s=30)
+    publisher.start_connected()
+    try:
+        refused = None
+        for _ in range(100):  # a quorum queue applies its limit a little after reaching it
+            try:
+                publisher.publish(full, b"more")
+            except BrokerUnavailableError as e:
+                refused = e
+                break
+        assert refused is not None and f"refused the message for '{full}'" in str(refused)
+        assert "connecting to broker" in caplog.text and "again" in caplog.text
+        with channel(url) as ch:
+            ch.queue_purge(full)
+        wait_until(publisher.connected.is_set, 30, interval=0.05, what="a new connection")
+        publisher.publish(full, b"after")
+        assert get_one(url, full)[1] == b"after"
+    finally:
+        publisher.stop()

@@ -96,6 +96,13 @@ def test_mixed_syntaxes_to_two_receivers_each_get_their_sr(pool: Deployment,
     assert min(batches) >= 0.3 * sum(batches), batches
     confirmed = pool.metric("receiver0", "cxr_broker_confirmed_total", queue=topology.JOBS)
     assert confirmed == 30
+    # the workers kept each done job's view (findings) for the web page, in the shared records
+    records = PostgresJobRecords.connect(pool.records_url)
+    try:
+        [row] = records.select("SELECT COUNT(*) AS n FROM job_views")
+    finally:
+        records.disconnect()
+    assert row["n"] >= 60
 
 
 def test_a_worker_killed_mid_batch_loses_nothing(pool: Deployment, images: list[Path]) -> None:

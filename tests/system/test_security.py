@@ -128,7 +128,8 @@ def test_spool_quota_refuses_then_recovers_and_loses_nothing(
         body, content_type = build_related([files[-1].read_bytes()])
         r = httpx.post(f"{node.url}/dicomweb/studies", content=body, timeout=60,
                        headers={"Content-Type": content_type})
-        assert r.status_code == 409  # STOW-RS stores: refused, out of resources
+        assert r.status_code == 503  # STOW-RS stores: nothing stored, out of resources
+        assert r.headers["retry-after"]
         assert r.json()["00081198"]["Value"][0]["00081197"]["Value"] == [0xA700]
         # /score stores nothing (its answer is its acknowledgement): it still answers
         r = httpx.post(f"{node.url}/score", content=files[0].read_bytes(), timeout=120,

@@ -14,7 +14,7 @@ from starlette.concurrency import run_in_threadpool
 
 from dicom_io import DeclinedError, DicomIOError, status
 from dicom_io.uids import INPUT_SOP_CLASSES
-from node.core.errors import OutOfResourcesError
+from node.core.errors import RETRY_AFTER_S, OutOfResourcesError
 from node.http.deps import get_node, read_body, require_token
 from node.http.errors import ApiError
 from node.http.multipart import parse_related, related_type
@@ -42,20 +42,23 @@ def _item(sop_class: str | None, sop_instance: str | None, reason: int | None = 
 UNREADABLE_CODES = frozenset({"missing-uid", "invalid-uid", "corrupt", "not-dicom", "empty"})
 
 
-def store_one(node, data: bytes, study: str | None) -> tuple[bool, dict]:
+def store_one(node, data: bytes, study: str | None, address: str | None = None
+              ) -> tuple[bool, dict]:
     """Parse, gate and store one part; (stored, response item). A part the gate declines
     (a lateral view...) is stored and recorded as skipped, as by C-STORE; one the gate finds
     broken is refused with its code; one part's error never costs the others theirs."""
     try:
-        return _store_one(node, data, study)
+        return _store_one(node, data, study, address)
     except Exception as e:  # a fault of the node with this part: this part fails alone
         logger.exception("STOW-RS part could not be stored")
         return False, _item(None, None, status.PROCESSING_FAILURE, type(e).__name__)
 
 
-def _store_one(node, data: bytes, study: str | None) -> tuple[bool, dict]:
+def _store_one(node, data: bytes, study: str | None, address: str | None
+               ) -> tuple[bool, dict]:
     try:
         received = receive(data, "stow")
+        received.address = address  # the audit trail names the sender
     except DicomIOError as e:
         return False, _item(None, None, status.CANNOT_UNDERSTAND, f"{e.code}: {e.reason}")
     ds, verdict = received.dataset, received.verdict
@@ -101,13 +104,19 @@ async def _stow(request: Request, study: str | None) -> JSONResponse:
             failed.append(_item(None, None, status.CANNOT_UNDERSTAND,
                                 f"part type {part_type}"))
             continue
-        ok, item = await run_in_threadpool(store_one, node, payload, study)
+        ok, item = await run_in_threadpool(store_one, node, payload, study,
+                                           request.client.host if request.client else None)
         (stored if ok else failed).append(item)
     response: dict = {}
     if stored:
         response["00081199"] = {"vr": "SQ", "Value": stored}
     if failed:
         response["00081198"] = {"vr": "SQ", "Value": failed}
+    if failed and not stored and all(
+            item.get("00081197", {}).get("Value") == [status.OUT_OF_RESOURCES] for item in failed):
+        # nothing stored for want of room (a full disk, a full queue): busy, come back later
+        return JSONResponse(response, status_code=503, media_type="application/dicom+json",
+                            headers={"Retry-After": str(RETRY_AFTER_S)})
     answer = 200 if not failed else 202 if stored else 409
     return JSONResponse(response, status_code=answer, media_type="application/dicom+json")
 
