@@ -105,12 +105,12 @@ def keep_view(records: SqlJobRecords, job_id: int, created: float, summary: dict
     records.execute("INSERT INTO job_views(job_id, created, summary) VALUES (?, ?, ?)"
                     " ON CONFLICT(job_id) DO UPDATE SET created=excluded.created,"
                     " summary=excluded.summary", (job_id, created, json.dumps(summary)))
-    for label, probability, positive in findings:
-        records.execute("INSERT INTO job_findings(job_id, label, day, probability, positive)"
-                        " VALUES (?, ?, ?, ?, ?) ON CONFLICT(job_id, label) DO UPDATE SET"
-                        " day=excluded.day, probability=excluded.probability,"
-                        " positive=excluded.positive",
-                        (job_id, label, day, float(probability), int(positive)))
+    records.execute_many("INSERT INTO job_findings(job_id, label, day, probability, positive)"
+                         " VALUES (?, ?, ?, ?, ?) ON CONFLICT(job_id, label) DO UPDATE SET"
+                         " day=excluded.day, probability=excluded.probability,"
+                         " positive=excluded.positive",
+                         [(job_id, label, day, float(probability), int(positive))
+                          for label, probability, positive in findings])
 
 
 def view(records: SqlJobRecords, job_id: int) -> dict[str, Any] | None:

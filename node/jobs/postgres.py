@@ -242,6 +242,9 @@ class PostgresJobRecords(SqlJobRecords):
     def _update(self, query: str, args: Sequence[Any] = ()) -> int:
         return self._transaction(lambda c: c.execute(_sql(query), args).rowcount)
 
+    def _update_all(self, query: str, rows: Sequence[Sequence[Any]]) -> None:
+        self._transaction(lambda c: c.cursor().executemany(_sql(query), rows))
+
     def _ids(self, ids: Iterable[int]) -> tuple[str, list[Any]]:
         return "id = ANY(?)", [list(ids)]
 

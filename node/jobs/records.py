@@ -96,6 +96,10 @@ class SqliteJobRecords(SqlJobRecords):
         with self.db.transaction() as c:
             return c.execute(query, args).rowcount
 
+    def _update_all(self, query: str, rows: Sequence[Sequence[Any]]) -> None:
+        with self.db.transaction() as c:
+            c.executemany(query, rows)
+
     def _ids(self, ids: Iterable[int]) -> tuple[str, list[Any]]:
         ids = list(ids)
         return f"id IN ({','.join('?' * len(ids))})", ids

@@ -94,6 +94,10 @@ class SqlJobRecords(ABC):
         """One statement in a transaction of its own; the rows it changed."""
 
     @abstractmethod
+    def _update_all(self, query: str, rows: Sequence[Sequence[Any]]) -> None:
+        """``query`` once for each of ``rows``, all in one transaction."""
+
+    @abstractmethod
     def _ids(self, ids: Iterable[int]) -> tuple[str, list[Any]]:
         """A condition "``id`` is one of ``ids``" and its arguments: SQLite has no arrays
         (``id IN (?, ?)``), PostgreSQL takes one (``id = ANY(?)``) whatever the count."""
@@ -115,6 +119,12 @@ class SqlJobRecords(ABC):
     def execute(self, query: str, args: Sequence[Any] = ()) -> int:
         """One statement (``?`` placeholders) in a transaction of its own; rows changed."""
         return self._update(query, args)
+
+    def execute_many(self, query: str, rows: Sequence[Sequence[Any]]) -> None:
+        """``query`` (``?`` placeholders) once for each of ``rows``, in one transaction: one
+        commit (and, on PostgreSQL, one batch) instead of one per row."""
+        if rows:
+            self._update_all(query, rows)
 
     def reading(self, work: Callable[[Rows], T]) -> T:
         """``work`` given a way to run queries, on one connection where that matters."""
