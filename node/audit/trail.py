@@ -235,23 +235,22 @@ class AuditTrail:
         """DICOM Instances Accessed (A.5.3.6), action D: the object ``key`` of ``store`` (an
         :class:`~node.jobs.storage.ObjectStore`) is about to be deleted (delivered, and
         ``purge_delivered``); called before, to read its header."""
-        def build() -> list[str]:
-            instance = Instance.read(store.local_path(key))
-            return [self._message(m.INSTANCES_ACCESSED, m.SUCCESS, [self.me(True)], objects,
-                                  action="D")
-                    for objects in by_patient([instance] if instance else [])]
-        self.record(build)
+        self._accessed(store, key, lambda: [self.me(True)], "D")
 
     def operator_accessed(self, user: str, store: Any, key: str, *, action: str = "R",
                           address: str | None = None, detail: str | None = None) -> None:
         """DICOM Instances Accessed (A.5.3.6) on an operator's request (``/ui``: resend a
         delivery, run a job again): the operator, by name, is the requestor; the object
         ``key`` of ``store`` gives the patient and study; ``detail`` says what was done."""
+        self._accessed(store, key, lambda: [m.Participant(user, True, access_point=address),
+                                            self.me(False)], action, detail)
+
+    def _accessed(self, store: Any, key: str, participants: Callable[[], list[m.Participant]],
+                  action: str, detail: str | None = None) -> None:
         def build() -> list[str]:
             instance = Instance.read(store.local_path(key))
-            operator = m.Participant(user, True, access_point=address)
-            return [self._message(m.INSTANCES_ACCESSED, m.SUCCESS, [operator, self.me(False)],
-                                  objects, action=action, description=detail)
+            return [self._message(m.INSTANCES_ACCESSED, m.SUCCESS, participants(), objects,
+                                  action=action, description=detail)
                     for objects in by_patient([instance] if instance else [])]
         self.record(build)
 

@@ -20,10 +20,10 @@ from __future__ import annotations
 
 import itertools
 import re
-import time
 from typing import Any
 
 from node.bench.common import Options, Results, progress
+from node.bench.overhead import cpu_ms
 
 #: (case, what it is, target in ms per image).
 CASES: tuple[tuple[str, str, float], ...] = (
@@ -70,14 +70,6 @@ def interpolate(curve: dict[int, float], batch: float) -> float:
     return curve[sizes[-1]]
 
 
-def _cpu_per_image(fn, images: int, repeat: int) -> float:
-    fn()  # warm-up: first-call allocations are not the steady state the node runs in
-    start = time.process_time()
-    for _ in range(repeat):
-        fn()
-    return (time.process_time() - start) / (repeat * images)
-
-
 def measure_model_side(opts: Options, model: Any, onnx_model: Any | None, data: bytes,
                        res: Results) -> None:
     """The model's CPU per image on the overhead image, in this process: forward on each
@@ -99,8 +91,8 @@ def measure_model_side(opts: Options, model: Any, onnx_model: Any | None, data: 
         curves[engine] = {}
         for b in batch_sizes(opts.batch_size):
             batch = np.ascontiguousarray(np.stack([x] * b).astype(np.float32))
-            curves[engine][b] = _cpu_per_image(lambda m=m, batch=batch: m.probabilities(batch),
-                                               b, max(1, opts.repeat))
+            curves[engine][b] = cpu_ms(lambda m=m, batch=batch: m.probabilities(batch),
+                                       max(1, opts.repeat)) / 1000 / b
     info: dict[str, Any] = {"forward_cpu_s": curves}
     if model.module is not None:
         from explain import explain_labels
@@ -110,8 +102,8 @@ def measure_model_side(opts: Options, model: Any, onnx_model: Any | None, data: 
         scored = Scored(source, post_process(probabilities[0], model.card), geometry, x)
         labels = scored.prediction.labels_to_explain(EXPLAINED_FINDINGS)
         info["explained_labels"] = len(labels)
-        info["explain_cpu_s"] = _cpu_per_image(
-            lambda: explain_labels(model, scored, labels, "gradcam"), 1, max(1, opts.repeat))
+        info["explain_cpu_s"] = cpu_ms(
+            lambda: explain_labels(model, scored, labels, "gradcam"), max(1, opts.repeat)) / 1000
     res.info["pipeline_model"] = info
 
 

@@ -52,11 +52,11 @@ def thumbnails_allowed(settings: Settings, burned_in: str | None) -> bool:
     return settings.ui_thumbnails == "no-burned-in" and burned_in == "NO"
 
 
-def _png(array: np.ndarray, mode: str) -> bytes:
+def _png(image: Image.Image) -> bytes:
     """PNG at zlib's fastest level: made for every job in the worker, read by a few; the
     default level cost the worker several times the CPU for files a third smaller."""
     out = io.BytesIO()
-    Image.fromarray(array, mode).save(out, format="PNG", compress_level=1)
+    image.save(out, format="PNG", compress_level=1)
     return out.getvalue()
 
 
@@ -95,9 +95,7 @@ def overlay(values: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
 def _overlay_png(levels: np.ndarray) -> bytes:
     img = Image.fromarray(levels, "P")
     img.putpalette(OVERLAY_PALETTE.tobytes(), rawmode="RGBA")
-    out = io.BytesIO()
-    img.save(out, format="PNG", compress_level=1)
-    return out.getvalue()
+    return _png(img)
 
 
 def make_view(result: Outcome, settings: Settings
@@ -117,7 +115,7 @@ def make_view(result: Outcome, settings: Settings
         thumb = thumbnail(image.pixels, image.maxval)
         thumb_shape = thumb.shape
         scale = thumb.shape[1] / image.columns
-        files["thumb.png"] = _png(thumb, "L")
+        files["thumb.png"] = _png(Image.fromarray(thumb, "L"))
     explained = []
     for i, heatmap in enumerate(result.heatmaps):
         name = None

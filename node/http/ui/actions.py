@@ -33,6 +33,11 @@ def back(job_id: int, notice: str | None = None, problem: str | None = None
     return RedirectResponse(f"/ui/jobs/{job_id}{query}", status_code=303)
 
 
+def client_address(request: Request) -> str | None:
+    """The operator's address, for the log and the audit trail."""
+    return request.client.host if request.client else None
+
+
 def safe_next(target: str) -> str:
     """Only a path of this page after signing in (never another site)."""
     return target if target.startswith("/ui") and not target.startswith("//") else "/ui"
@@ -43,7 +48,7 @@ async def login(request: Request) -> HTMLResponse | RedirectResponse:
     form = {k: str(v) for k, v in (await request.form()).items()}
     name = form.get("name", "").strip()
     store = sessions(request)
-    client = request.client.host if request.client else "-"
+    client = client_address(request)
     if not store.check(name, form.get("secret", "")):
         logger.warning("ui: sign-in refused for %r from %s", name[:64], client)
         get_node(request).audit.user_authentication(name[:64] or None, False, address=client,
@@ -64,7 +69,7 @@ async def logout(request: Request, checked_form: Posted) -> RedirectResponse:
     who: Operator = checked_form[0]
     logger.info("ui: operator %s signed out", who.name)
     get_node(request).audit.user_authentication(
-        who.name, True, address=request.client.host if request.client else None, logout=True)
+        who.name, True, address=client_address(request), logout=True)
     response = RedirectResponse("/ui/login", status_code=303)
     sessions(request).clear_cookie(response)
     return response
@@ -85,8 +90,8 @@ async def resend(request: Request, job_id: int, delivery_id: int,
     logger.info("ui: operator %s resent delivery %d of job %d to %s", who.name,
                 delivery_id, job_id, delivery.destination)
     node.audit.operator_accessed(
-        who.name, node.store, delivery.key, address=request.client.host if request.client
-        else None, detail=f"resend of delivery {delivery_id} to {delivery.destination}")
+        who.name, node.store, delivery.key, address=client_address(request),
+        detail=f"resend of delivery {delivery_id} to {delivery.destination}")
     sender = getattr(node, "sender", None)
     if sender is not None:
         sender.wake.set()
@@ -118,7 +123,7 @@ async def rerun(request: Request, job_id: int, checked_form: Posted
         return back(job_id, problem=f"The job could not be queued again: {e}")
     logger.info("ui: operator %s ran job %d again as job %d", who.name, job_id, new_id)
     node.audit.operator_accessed(
-        who.name, node.store, job.key, address=request.client.host if request.client
-        else None, detail=f"job {job_id} run again as job {new_id}")
+        who.name, node.store, job.key, address=client_address(request),
+        detail=f"job {job_id} run again as job {new_id}")
     return RedirectResponse(f"/ui/jobs/{new_id}?notice="
                             + quote(f"Job {job_id} runs again as this job."), status_code=303)
